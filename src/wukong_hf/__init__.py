@@ -1,0 +1,52 @@
+"""wukong-hf: Wukong Chinese vision-language models (global and token-wise FILIP heads) for transformers.
+
+Importing the package registers WukongConfig, WukongModel and WukongProcessor with the Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
+
+from .configuration_wukong import WukongConfig
+from .losses import contrastive_loss
+from .modeling_wukong import (
+    WukongImageFeatures,
+    WukongModel,
+    WukongOutput,
+    WukongPreTrainedModel,
+    WukongTextFeatures,
+)
+from .presets import list_presets, preset_config
+from .processing_wukong import WukongProcessor
+from .similarity import global_similarity, token_wise_similarity
+
+__version__ = "0.1.0"
+
+AutoConfig.register("wukong", WukongConfig, exist_ok=True)
+AutoModel.register(WukongConfig, WukongModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(WukongConfig, WukongModel, exist_ok=True)
+AutoProcessor.register(WukongConfig, WukongProcessor, exist_ok=True)
+
+# save_pretrained copies the code files and writes auto_map, so a saved folder also loads with
+# trust_remote_code=True where wukong_hf is not installed.
+WukongConfig.register_for_auto_class()
+WukongModel.register_for_auto_class("AutoModel")
+WukongProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "WukongConfig",
+    "WukongModel",
+    "WukongPreTrainedModel",
+    "WukongOutput",
+    "WukongImageFeatures",
+    "WukongTextFeatures",
+    "WukongProcessor",
+    "token_wise_similarity",
+    "global_similarity",
+    "contrastive_loss",
+    "list_presets",
+    "preset_config",
+]
