@@ -185,6 +185,14 @@ class WukongModel(WukongPreTrainedModel):
         self.vision_model.train(self.training and not lock)
         return self
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading replaces parameters (requires_grad back to True): re-apply a saved lock.
+        if isinstance(model, WukongModel) and model.config.lock_image_tower:
+            model.lock_image_tower()
+        return model
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.config.lock_image_tower:

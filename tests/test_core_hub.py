@@ -1,0 +1,120 @@
+"""Hub-native behaviour: Auto classes, save/load, remote code without the package, offline cache, pipeline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import make_tiny, random_images
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, pipeline
+
+from wukong_hf import WukongConfig, WukongModel, WukongProcessor
+
+CAPTIONS = ["红色圆形", "蓝色方形"]
+
+
+def _save(tmp_path, preset="tiny-token-wise"):
+    model, processor = make_tiny(preset)
+    folder = tmp_path / preset
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor, folder
+
+
+def test_auto_classes_are_registered():
+    config = AutoConfig.for_model("wukong")
+    assert isinstance(config, WukongConfig)
+    assert AutoModel._model_mapping[WukongConfig] is WukongModel
+    assert AutoModelForZeroShotImageClassification._model_mapping[WukongConfig] is WukongModel
+
+
+@pytest.mark.parametrize("preset", ["tiny-token-wise", "tiny-global", "tiny-reduced"])
+def test_save_pretrained_writes_safetensors_and_reloads_identically(tmp_path, preset):
+    model, processor, folder = _save(tmp_path, preset)
+    files = set(os.listdir(folder))
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    assert {"config.json", "processor_config.json", "modeling_wukong.py", "similarity.py"} <= files
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_wukong.WukongModel"
+    again = AutoModel.from_pretrained(folder).eval()
+    again_processor = AutoProcessor.from_pretrained(folder)
+    assert isinstance(again, WukongModel) and isinstance(again_processor, WukongProcessor)
+    inputs = processor(text=CAPTIONS, images=random_images(2))
+    with torch.no_grad():
+        a, b = model(**inputs), again(**again_processor(text=CAPTIONS, images=random_images(2)))
+    torch.testing.assert_close(a.logits_per_image, b.logits_per_image, rtol=0, atol=0)
+    torch.testing.assert_close(a.logits_per_text, b.logits_per_text, rtol=0, atol=0)
+
+
+_REMOTE_SCRIPT = r"""
+import sys, json
+sys.modules["wukong_hf"] = None  # the package must not be importable
+from transformers import AutoModel, AutoProcessor
+import torch
+from PIL import Image
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+images = [Image.open(p) for p in sys.argv[2:]]
+with torch.no_grad():
+    out = model(**processor(text=["红色圆形", "蓝色方形"], images=images))
+print(json.dumps(out.logits_per_image.tolist()))
+"""
+
+
+def test_saved_folder_loads_with_remote_code_where_the_package_is_absent(tmp_path):
+    model, processor, folder = _save(tmp_path)
+    paths = []
+    for i, image in enumerate(random_images(2)):
+        paths.append(str(tmp_path / f"{i}.png"))
+        image.save(paths[-1])
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", _REMOTE_SCRIPT, str(folder), *paths], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote_logits = torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
+    from PIL import Image
+
+    with torch.no_grad():
+        local = model(**processor(text=CAPTIONS, images=[Image.open(p) for p in paths])).logits_per_image
+    torch.testing.assert_close(remote_logits, local, atol=1e-6, rtol=1e-6)
+
+
+def test_saved_folder_loads_by_repo_id_from_an_offline_hub_cache(tmp_path, monkeypatch):
+    model, processor, folder = _save(tmp_path)
+    cache = tmp_path / "hub"
+    repo = cache / "models--wukong-org--wukong-tiny"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    loaded = AutoModel.from_pretrained("wukong-org/wukong-tiny", cache_dir=str(cache))
+    loaded_processor = AutoProcessor.from_pretrained("wukong-org/wukong-tiny", cache_dir=str(cache))
+    assert isinstance(loaded, WukongModel) and isinstance(loaded_processor, WukongProcessor)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("preset", ["tiny-token-wise", "tiny-global"])
+def test_zero_shot_pipeline_with_chinese_labels(tmp_path, preset):
+    model, processor, folder = _save(tmp_path, preset)
+    classifier = pipeline("zero-shot-image-classification", model=str(folder))
+    labels = ["猫", "狗", "飞机"]
+    result = classifier(random_images(1)[0], candidate_labels=labels, hypothesis_template="{}的照片。")
+    assert sorted(r["label"] for r in result) == sorted(labels)
+    assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
+    assert all(0.0 <= r["score"] <= 1.0 for r in result)
+    assert result[0]["score"] >= result[-1]["score"]
+    # The pipeline's scores are the model's softmax over the filled-in templates.
+    with torch.no_grad():
+        logits = model(**processor(text=[f"{l}的照片。" for l in labels], images=random_images(1))).logits_per_image
+    expected = dict(zip(labels, logits.softmax(-1)[0].tolist()))
+    for r in result:
+        assert r["score"] == pytest.approx(expected[r["label"]], abs=1e-5)
