@@ -1,0 +1,79 @@
+"""`wukong convert original|chinese-clip|image-tower` and `wukong push`: parse arguments, call the library."""
+
+from __future__ import annotations
+
+__all__ = ["register"]
+
+
+def _cmd_original(args) -> int:
+    from .original import convert_original_checkpoint
+
+    report = convert_original_checkpoint(args.checkpoint, args.variant, args.out, vocab=args.vocab)
+    print(report.summary())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_chinese_clip(args) -> int:
+    from .chinese_clip import convert_chinese_clip
+
+    print(convert_chinese_clip(args.model, args.out).summary())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_image_tower(args) -> int:
+    from .image_tower import init_lit_model
+
+    report = init_lit_model(args.preset, args.weights, args.out, lock=not args.unlocked, revision=args.revision)
+    print(report.summary())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from ..hub import push_model
+
+    result = push_model(
+        args.model, args.repo_id, private=args.private, dry_run_dir=args.dry_run, results_files=args.results,
+        token=args.token, variant=args.variant, license=args.license, base_model=args.base_model,
+    )
+    print(f"dry run: wrote {result} (nothing uploaded)" if args.dry_run else f"pushed: {result}")
+    return 0
+
+
+def register(subparsers) -> None:
+    convert = subparsers.add_parser("convert", help="convert official Wukong, Chinese-CLIP or CLIP/timm image-tower weights")
+    kinds = convert.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    p = kinds.add_parser("original", help="a released Wukong checkpoint (torch file or numpy pickle) -> model folder")
+    p.add_argument("--checkpoint", required=True, help="official .ckpt/.pt/.pth file or pickle of numpy arrays")
+    p.add_argument("--variant", required=True, help="preset name, e.g. wukong-vit-b-32 (see `wukong presets`)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--vocab", help="vocab.txt (default: beside the checkpoint, else the bundled BERT-Chinese one)")
+    p.set_defaults(func=_cmd_original)
+
+    p = kinds.add_parser("chinese-clip", help="a transformers ChineseCLIPModel (folder or Hub id) -> global Wukong model")
+    p.add_argument("--model", required=True, help="folder or Hub id, e.g. OFA-Sys/chinese-clip-vit-base-patch16")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_chinese_clip)
+
+    p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained (locked) image tower, for LiT")
+    p.add_argument("--preset", required=True, help="preset whose image tower is a timm architecture")
+    p.add_argument("--weights", required=True, help="OpenAI-CLIP or timm weights: file, folder or Hub id")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--unlocked", action="store_true", help="leave the image tower trainable (default: locked, LiT)")
+    p.add_argument("--revision", help="Hub revision when --weights is a Hub id")
+    p.set_defaults(func=_cmd_image_tower)
+
+    p = subparsers.add_parser("push", help="export a model folder with its model card and upload it to the Hub")
+    p.add_argument("--model", required=True, help="saved Wukong model folder")
+    p.add_argument("--repo-id", required=True, help="org/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", metavar="OUT", help="only write the folder that would be uploaded to OUT")
+    p.add_argument("--results", nargs="*", default=[], help="evaluation result JSON files (model_index entries)")
+    p.add_argument("--variant", help="released variant for the card template and reported numbers")
+    p.add_argument("--license", default="apache-2.0", help="licence id for the card (default apache-2.0)")
+    p.add_argument("--base-model", help="Hub id of the model this one derives from")
+    p.add_argument("--token", help="Hub token (default: the logged-in one)")
+    p.set_defaults(func=_cmd_push)
