@@ -7,7 +7,14 @@ text j with n2 counted tokens y_r:
     text-to-image  s^T_ji = 1/n2 * sum_r max_k <y_r, x_k>
 
 s^T is not the transpose of s^I. Masks say which tokens count (True = counts); a row with no
-counted token scores 0 rather than NaN.
+counted token scores 0 rather than NaN, and the mean's count is clamped at 1.
+
+Memory: the naive form materialises an (I, T, n1, n2) tensor and autograd keeps several copies of
+it. Here the scores are computed tile by tile over images and texts; the forward keeps only the
+argmax index of every max (one byte or two per token pair of a direction), and the backward
+rebuilds each tile's sparse gradient and applies it with two matmuls. Peak memory is a few tiles
+plus I*T*(n1+n2) small indices; gradients equal autograd through the naive form (at exact ties
+one maximal token takes the whole gradient, as with torch.max, where torch.amax would split it).
 
 This module imports only torch: it is copied next to the modeling file when a model is saved
 with remote code, so it must stay self-contained.
@@ -17,7 +24,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["token_wise_similarity", "global_similarity"]
+__all__ = ["token_wise_similarity", "global_similarity", "select_top_image_tokens"]
+
+# Default tile: about 4M scores (16 MB in fp32), big enough for efficient matmuls, small enough
+# that the few tile-sized temporaries stay in the low hundreds of MB.
+_TILE_ELEMENTS = 1 << 22
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _check_token_inputs(image_embeds, text_embeds, image_mask, text_mask):
@@ -39,15 +51,155 @@ def _check_token_inputs(image_embeds, text_embeds, image_mask, text_mask):
             )
 
 
-def _masked_max_mean(sim: torch.Tensor, max_mask: torch.Tensor, mean_mask: torch.Tensor) -> torch.Tensor:
-    """sim: (A, B, n_a, n_b). Max over n_b where max_mask (B, n_b), mean over n_a where mean_mask (A, n_a)."""
-    sim = sim.masked_fill(~max_mask[None, :, None, :], float("-inf"))
-    best = sim.amax(dim=-1)  # (A, B, n_a)
-    # A text (or image) with no counted token has max -inf everywhere: it contributes 0.
-    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
-    best = best * mean_mask[:, None, :].to(best.dtype)
-    count = mean_mask.sum(dim=-1).clamp(min=1).to(best.dtype)  # (A,)
-    return best.sum(dim=-1) / count[:, None]
+def _full_mask(embeds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+    return mask.to(device=embeds.device, dtype=torch.bool)
+
+
+def _index_dtype(num_tokens: int) -> torch.dtype:
+    # The saved argmax indices dominate the kept memory: store them in the smallest integer type.
+    return torch.uint8 if num_tokens <= 256 else torch.int16 if num_tokens <= 32767 else torch.int64
+
+
+def _block_sizes(
+    num_images: int, num_texts: int, n1: int, n2: int, image_block_size: int | None, text_block_size: int | None
+) -> tuple[int, int]:
+    text_block = text_block_size or max(1, min(num_texts, 128))
+    image_block = image_block_size or max(1, _TILE_ELEMENTS // max(1, text_block * n1 * n2))
+    if text_block < 1 or image_block < 1:
+        raise ValueError(f"Tile sizes must be positive, got image_block_size={image_block}, text_block_size={text_block}.")
+    return min(image_block, max(num_images, 1)), min(text_block, max(num_texts, 1))
+
+
+def _tile_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x: (Ib, n1, d), y: (Tb, n2, d) -> (Ib, n1, Tb, n2) token dot products as one matmul."""
+    ib, n1, d = x.shape
+    tb, n2, _ = y.shape
+    return (x.reshape(ib * n1, d) @ y.reshape(tb * n2, d).t()).view(ib, n1, tb, n2)
+
+
+class _TokenWiseSimilarity(torch.autograd.Function):
+    """Tiled token-wise similarity; saves argmax indices instead of the 4-D score tensor."""
+
+    @staticmethod
+    def forward(ctx, image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype):
+        num_images, n1, _ = image_embeds.shape
+        num_texts, n2, _ = text_embeds.shape
+        device = image_embeds.device
+        image_count = image_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (I,)
+        text_count = text_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (T,)
+        image_valid, text_valid = image_mask.any(-1), text_mask.any(-1)
+        i2t = torch.zeros(num_images, num_texts, dtype=compute_dtype, device=device)
+        t2i = torch.zeros(num_texts, num_images, dtype=compute_dtype, device=device)
+        best_text_token = torch.empty(num_images, n1, num_texts, dtype=_index_dtype(n2), device=device)
+        best_image_token = torch.empty(num_images, num_texts, n2, dtype=_index_dtype(n1), device=device)
+        for i0 in range(0, num_images, image_block):
+            i1 = min(i0 + image_block, num_images)
+            x = image_embeds[i0:i1].to(compute_dtype)
+            x_mask = image_mask[i0:i1]
+            for j0 in range(0, num_texts, text_block):
+                j1 = min(j0 + text_block, num_texts)
+                y_mask = text_mask[j0:j1]
+                scores = _tile_scores(x, text_embeds[j0:j1].to(compute_dtype))  # (Ib, n1, Tb, n2)
+                # image-to-text: max over the text's counted tokens, mean over the image's counted tokens
+                best, arg = scores.masked_fill(~y_mask[None, None], float("-inf")).max(dim=3)  # (Ib, n1, Tb)
+                best = torch.where(text_valid[j0:j1][None, None], best, torch.zeros((), dtype=best.dtype, device=device))
+                best = best * x_mask[:, :, None]
+                i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
+                best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
+                # text-to-image: max over the image's counted tokens, mean over the text's counted tokens
+                best, arg = scores.masked_fill_(~x_mask[:, :, None, None], float("-inf")).max(dim=1)  # (Ib, Tb, n2)
+                best = torch.where(image_valid[i0:i1][:, None, None], best, torch.zeros((), dtype=best.dtype, device=device))
+                best = best * y_mask[None]
+                t2i[j0:j1, i0:i1] = (best.sum(2) / text_count[None, j0:j1]).t()
+                best_image_token[i0:i1, j0:j1] = arg.to(best_image_token.dtype)
+                del scores, best, arg
+        ctx.save_for_backward(image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token)
+        ctx.blocks = (image_block, text_block)
+        ctx.compute_dtype = compute_dtype
+        return i2t, t2i
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_i2t, grad_t2i):
+        image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token = ctx.saved_tensors
+        image_block, text_block = ctx.blocks
+        dtype = ctx.compute_dtype
+        num_images, n1, d = image_embeds.shape
+        num_texts, n2, _ = text_embeds.shape
+        # d s^I_ij / d score[i,k,j,r*] = mask_ik * [text j has a counted token] / n1_i, and likewise for s^T.
+        coef_i2t = grad_i2t.to(dtype) * text_mask.any(-1)[None] / image_mask.sum(-1).clamp(min=1)[:, None]  # (I, T)
+        coef_t2i = grad_t2i.to(dtype) * image_mask.any(-1)[None] / text_mask.sum(-1).clamp(min=1)[:, None]  # (T, I)
+        image_mask_c, text_mask_c = image_mask.to(dtype), text_mask.to(dtype)
+        grad_image = torch.zeros(num_images, n1, d, dtype=dtype, device=image_embeds.device)
+        grad_text = torch.zeros(num_texts, n2, d, dtype=dtype, device=text_embeds.device)
+        for i0 in range(0, num_images, image_block):
+            i1 = min(i0 + image_block, num_images)
+            x = image_embeds[i0:i1].to(dtype)
+            ib = i1 - i0
+            for j0 in range(0, num_texts, text_block):
+                j1 = min(j0 + text_block, num_texts)
+                tb = j1 - j0
+                y = text_embeds[j0:j1].to(dtype)
+                # The sparse gradient of the tile's scores: one entry per max of either direction.
+                weight = torch.zeros(ib, n1, tb, n2, dtype=dtype, device=x.device)
+                w_i2t = coef_i2t[i0:i1, None, j0:j1] * image_mask_c[i0:i1, :, None]  # (Ib, n1, Tb)
+                weight.scatter_add_(3, best_text_token[i0:i1, :, j0:j1].long().unsqueeze(3), w_i2t.unsqueeze(3))
+                w_t2i = coef_t2i[j0:j1, i0:i1].t()[:, :, None] * text_mask_c[None, j0:j1]  # (Ib, Tb, n2)
+                weight.scatter_add_(1, best_image_token[i0:i1, j0:j1].long().unsqueeze(1), w_t2i.unsqueeze(1))
+                weight = weight.view(ib * n1, tb * n2)
+                grad_image[i0:i1] += (weight @ y.reshape(tb * n2, d)).view(ib, n1, d)
+                grad_text[j0:j1] += (weight.t() @ x.reshape(ib * n1, d)).view(tb, n2, d)
+                del weight
+        return (
+            grad_image.to(image_embeds.dtype) if ctx.needs_input_grad[0] else None,
+            grad_text.to(text_embeds.dtype) if ctx.needs_input_grad[1] else None,
+            None, None, None, None, None,
+        )
+
+
+@torch.no_grad()
+def select_top_image_tokens(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_mask: torch.Tensor | None = None,
+    text_mask: torch.Tensor | None = None,
+    fraction: float = 0.25,
+    *,
+    text_block_size: int = 128,
+) -> torch.Tensor:
+    """FILIP's token selection: keep each image's most text-like tokens.
+
+    Every counted image token is ranked by its highest similarity to any counted token of any
+    text passed in (FILIP: the texts of the local batch); each image keeps its top
+    ceil(fraction * counted tokens) tokens, at least one. Ties go to the earlier token.
+
+    Args:
+        image_embeds: (I, n1, d). text_embeds: (T, n2, d). image_mask: (I, n1) bool or None.
+        text_mask: (T, n2) bool or None. fraction: in (0, 1].
+
+    Returns:
+        (I, n1) bool mask, a subset of image_mask. Not differentiable (a selection).
+    """
+    _check_token_inputs(image_embeds, text_embeds, image_mask, text_mask)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"The image token fraction must be in (0, 1], got {fraction}; FILIP uses 0.25.")
+    image_mask = _full_mask(image_embeds, image_mask)
+    text_mask = _full_mask(text_embeds, text_mask)
+    dtype = torch.float32 if image_embeds.dtype in _HALF_DTYPES else image_embeds.dtype
+    x = image_embeds.to(dtype).reshape(-1, image_embeds.shape[-1])  # (I*n1, d)
+    relevance = torch.full((x.shape[0],), float("-inf"), dtype=dtype, device=x.device)
+    for j0 in range(0, text_embeds.shape[0], text_block_size):
+        y = text_embeds[j0 : j0 + text_block_size].to(dtype)
+        y = y[text_mask[j0 : j0 + text_block_size]]  # counted tokens only, (m, d)
+        if y.shape[0]:
+            relevance = torch.maximum(relevance, (x @ y.t()).amax(dim=1))
+    relevance = relevance.view(image_mask.shape).masked_fill(~image_mask, float("-inf"))
+    keep = torch.ceil(fraction * image_mask.sum(-1).to(torch.float64)).long().clamp(min=1)  # (I,)
+    order = torch.sort(relevance, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return image_mask & (ranks < keep[:, None])
 
 
 def token_wise_similarity(
@@ -56,34 +208,42 @@ def token_wise_similarity(
     image_mask: torch.Tensor | None = None,
     text_mask: torch.Tensor | None = None,
     *,
-    block_size: int = 64,
+    image_token_fraction: float | None = None,
+    accumulate_fp32: bool = True,
+    image_block_size: int | None = None,
+    text_block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-wise similarity in both directions.
+    """Token-wise similarity in both directions, tiled, with exact gradients.
 
     Args:
-        image_embeds: (I, n1, d) L2-normalised image token embeddings.
+        image_embeds: (I, n1, d) L2-normalised image token embeddings (token reduction output
+            works as is).
         text_embeds: (T, n2, d) L2-normalised text token embeddings.
         image_mask: (I, n1) bool, True where the token counts. None: all count.
         text_mask: (T, n2) bool, True where the token counts. None: all count.
-        block_size: texts scored per block, bounding memory at I * block_size * n1 * n2.
+        image_token_fraction: keep only this fraction of each image's counted tokens, chosen by
+            `select_top_image_tokens` against these texts (FILIP: 0.25). None: keep all.
+        accumulate_fp32: with float16/bfloat16 inputs, compute the tiles and the scores in fp32.
+        image_block_size, text_block_size: images and texts per tile. None: texts 128, images
+            so that a tile holds about 4M scores.
 
     Returns:
-        (image_to_text (I, T), text_to_image (T, I)), differentiable.
+        (image_to_text (I, T), text_to_image (T, I)); dtype float32 for half inputs with
+        accumulate_fp32, else the input dtype. Differentiable once (no double backward).
     """
     _check_token_inputs(image_embeds, text_embeds, image_mask, text_mask)
-    if image_mask is None:
-        image_mask = torch.ones(image_embeds.shape[:2], dtype=torch.bool, device=image_embeds.device)
-    if text_mask is None:
-        text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.bool, device=text_embeds.device)
-    image_mask, text_mask = image_mask.bool(), text_mask.bool()
-    i2t_blocks, t2i_blocks = [], []
-    for start in range(0, text_embeds.shape[0], block_size):
-        texts = text_embeds[start : start + block_size]
-        masks = text_mask[start : start + block_size]
-        sim = torch.einsum("ikd,jrd->ijkr", image_embeds, texts)  # (I, Tb, n1, n2)
-        i2t_blocks.append(_masked_max_mean(sim, masks, image_mask))
-        t2i_blocks.append(_masked_max_mean(sim.permute(1, 0, 3, 2), image_mask, masks))
-    return torch.cat(i2t_blocks, dim=1), torch.cat(t2i_blocks, dim=0)
+    image_mask = _full_mask(image_embeds, image_mask)
+    text_mask = _full_mask(text_embeds, text_mask)
+    if image_token_fraction is not None:
+        image_mask = select_top_image_tokens(image_embeds, text_embeds, image_mask, text_mask, image_token_fraction)
+    dtype = torch.promote_types(image_embeds.dtype, text_embeds.dtype)
+    if accumulate_fp32 and dtype in _HALF_DTYPES:
+        dtype = torch.float32
+    image_block, text_block = _block_sizes(
+        image_embeds.shape[0], text_embeds.shape[0], image_embeds.shape[1], text_embeds.shape[1],
+        image_block_size, text_block_size,
+    )
+    return _TokenWiseSimilarity.apply(image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, dtype)
 
 
 def global_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
