@@ -1,0 +1,214 @@
+"""Built-in synthetic Chinese image-text set: coloured shapes on coloured backgrounds.
+
+Generated in code, nothing shipped or downloaded. Each example is one shape ("圆形", "正方形",
+"三角形", "十字形") in one colour, at a random position and size, on a background of another
+colour with mild pixel noise; its caption names both ("蓝色背景上的一个红色圆形") in one of several
+phrasings, its label is the colour-shape combination ("红色圆形"), and its pixel mask is kept.
+
+Held-out colour-shape combinations never occur in the "train" split; the "held_out" split holds
+only them, so zero-shot classification on it measures compositional generalisation.
+Example i of a split depends only on (seed, split, i): asking for more examples never changes
+the earlier ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "OBJECT_COLOURS",
+    "BACKGROUND_COLOURS",
+    "SHAPES",
+    "CAPTION_TEMPLATES",
+    "SPLITS",
+    "SyntheticExample",
+    "SyntheticShapes",
+]
+
+# Chinese colour name -> nominal RGB. Object colours are far apart so a 48 px patch tells them apart.
+OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "红色": (220, 40, 40),
+    "绿色": (40, 170, 60),
+    "蓝色": (40, 80, 220),
+    "黄色": (240, 210, 40),
+    "紫色": (150, 60, 190),
+}
+# Backgrounds: neutral colours plus every object colour (never the object's own colour).
+BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "白色": (240, 240, 240),
+    "黑色": (20, 20, 20),
+    "灰色": (128, 128, 128),
+    **OBJECT_COLOURS,
+}
+SHAPES: tuple[str, ...] = ("圆形", "正方形", "三角形", "十字形")
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{background}背景上的一个{colour}{shape}",
+    "一个{colour}{shape}，背景是{background}",
+    "{colour}的{shape}在{background}的背景上",
+    "这张图片里有一个{colour}{shape}，背景为{background}",
+    "{background}底色上画着{colour}{shape}",
+)
+SPLITS: tuple[str, ...] = ("train", "held_out")
+COLOUR_JITTER = 12  # per-channel shift of a whole object or background, so colours vary a little
+PIXEL_NOISE = 8  # per-pixel noise on the background, so it is not a flat field
+
+
+@dataclass
+class SyntheticExample:
+    """One generated example.
+
+    image: RGB PIL image (S, S). mask: (S, S) bool numpy array, True on the object's pixels.
+    label: colour + shape ("红色圆形"); caption: a full Chinese sentence naming object and background.
+    """
+
+    image: Image.Image
+    mask: np.ndarray
+    caption: str
+    label: str
+    colour: str
+    shape: str
+    background: str
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    """Draw `shape` filling the square `box` = (x0, y0, x1, y1) (inclusive) with `fill`."""
+    x0, y0, x1, y1 = box
+    if shape == "圆形":
+        draw.ellipse(box, fill=fill)
+    elif shape == "正方形":
+        draw.rectangle(box, fill=fill)
+    elif shape == "三角形":
+        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif shape == "十字形":
+        third = (x1 - x0) / 3
+        draw.rectangle((x0 + third, y0, x1 - third, y1), fill=fill)
+        draw.rectangle((x0, y0 + third, x1, y1 - third), fill=fill)
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}.")
+
+
+class SyntheticShapes:
+    """Generator of the synthetic set with a fixed train / held-out split of colour-shape combinations.
+
+    Args:
+        image_size: side of the square images in pixels (at least 16).
+        seed: drives the held-out choice and every example.
+        num_held_out: how many colour-shape combinations only the "held_out" split contains; the
+            default picks one per shape, each with a different colour, so every colour and every
+            shape still occurs in training.
+    """
+
+    def __init__(self, image_size: int = 48, seed: int = 0, num_held_out: int = len(SHAPES)):
+        if image_size < 16:
+            raise ValueError(f"image_size={image_size} is too small to draw a recognisable shape; use at least 16.")
+        max_held_out = min(len(SHAPES), len(OBJECT_COLOURS))
+        if not 1 <= num_held_out <= max_held_out:
+            raise ValueError(
+                f"num_held_out={num_held_out} must be between 1 and {max_held_out}, so that every colour and "
+                "every shape still appears in the training split."
+            )
+        self.image_size = image_size
+        self.seed = seed
+        colours = list(OBJECT_COLOURS)
+        order = np.random.default_rng([seed, 7919]).permutation(len(colours))
+        # One combination per shape, each with a different colour: a partial Latin diagonal.
+        self.held_out_combinations: list[tuple[str, str]] = [
+            (colours[order[i]], SHAPES[i]) for i in range(num_held_out)
+        ]
+        self.combinations: list[tuple[str, str]] = [(c, s) for c in colours for s in SHAPES]
+        self.train_combinations: list[tuple[str, str]] = [
+            combo for combo in self.combinations if combo not in self.held_out_combinations
+        ]
+
+    @property
+    def labels(self) -> list[str]:
+        """Every colour-shape label ("红色圆形", ...), in the order of `combinations` (ClassLabel ids)."""
+        return [colour + shape for colour, shape in self.combinations]
+
+    @property
+    def held_out_labels(self) -> list[str]:
+        return [colour + shape for colour, shape in self.held_out_combinations]
+
+    def split_combinations(self, split: str) -> list[tuple[str, str]]:
+        if split == "train":
+            return self.train_combinations
+        if split == "held_out":
+            return self.held_out_combinations
+        raise ValueError(f"Unknown split {split!r}; the synthetic set has splits {', '.join(SPLITS)}.")
+
+    def example(self, split: str, index: int) -> SyntheticExample:
+        """Example `index` of `split`, the same for the same (seed, split, index) every time."""
+        combos = self.split_combinations(split)
+        rng = np.random.default_rng([self.seed, SPLITS.index(split), index])
+        colour, shape = combos[int(rng.integers(len(combos)))]
+        background = rng.choice([name for name in BACKGROUND_COLOURS if name != colour])
+        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+
+        size = self.image_size
+        bg_rgb = np.array(BACKGROUND_COLOURS[background]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
+        pixels = bg_rgb + rng.integers(-PIXEL_NOISE, PIXEL_NOISE + 1, (size, size, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+        side = int(rng.integers(int(0.35 * size), int(0.65 * size) + 1))
+        x0 = int(rng.integers(0, size - side + 1))
+        y0 = int(rng.integers(0, size - side + 1))
+        box = (x0, y0, x0 + side - 1, y0 + side - 1)
+        fill = np.clip(np.array(OBJECT_COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255)
+        _draw_shape(ImageDraw.Draw(image), shape, box, tuple(int(v) for v in fill))
+        mask_image = Image.new("L", (size, size), 0)
+        _draw_shape(ImageDraw.Draw(mask_image), shape, box, 255)
+
+        caption = template.format(colour=colour, shape=shape, background=background)
+        return SyntheticExample(
+            image=image,
+            mask=np.asarray(mask_image) > 0,
+            caption=caption,
+            label=colour + shape,
+            colour=colour,
+            shape=shape,
+            background=str(background),
+        )
+
+    def examples(self, split: str, num_examples: int) -> list[SyntheticExample]:
+        """The first `num_examples` examples of `split`."""
+        if num_examples < 1:
+            raise ValueError(f"num_examples must be at least 1, got {num_examples}.")
+        return [self.example(split, i) for i in range(num_examples)]
+
+    def to_dataset(self, split: str = "train", num_examples: int = 1000):
+        """A datasets.Dataset of the first `num_examples` examples of `split`.
+
+        Columns: image (Image), caption (str), label (ClassLabel over `labels`), mask (Image, mode
+        "L", 255 on the object), colour, shape, background (str).
+        """
+        import datasets
+
+        features = datasets.Features(
+            {
+                "image": datasets.Image(),
+                "caption": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=self.labels),
+                "mask": datasets.Image(),
+                "colour": datasets.Value("string"),
+                "shape": datasets.Value("string"),
+                "background": datasets.Value("string"),
+            }
+        )
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+
+        def rows():
+            for ex in self.examples(split, num_examples):
+                yield {
+                    "image": ex.image,
+                    "caption": ex.caption,
+                    "label": label_ids[ex.label],
+                    "mask": Image.fromarray(ex.mask.astype(np.uint8) * 255, "L"),
+                    "colour": ex.colour,
+                    "shape": ex.shape,
+                    "background": ex.background,
+                }
+
+        return datasets.Dataset.from_list(list(rows()), features=features)
