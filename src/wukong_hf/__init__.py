@@ -11,7 +11,9 @@ from transformers import (
 )
 
 from .configuration_wukong import WukongConfig
-from .losses import contrastive_loss
+from .evaluation import evaluate_retrieval, read_retrieval_set, zero_shot_classification
+from .hub import export_model_folder, push_model
+from .losses import ContrastiveLoss, contrastive_loss
 from .modeling_wukong import (
     WukongImageFeatures,
     WukongModel,
@@ -21,7 +23,7 @@ from .modeling_wukong import (
 )
 from .presets import list_presets, preset_config
 from .processing_wukong import WukongProcessor
-from .similarity import global_similarity, token_wise_similarity
+from .similarity import global_similarity, select_top_image_tokens, token_wise_similarity
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,13 @@ __all__ = [
     "token_wise_similarity",
     "global_similarity",
     "contrastive_loss",
+    "ContrastiveLoss",
+    "select_top_image_tokens",
     "list_presets",
     "preset_config",
+    "zero_shot_classification",
+    "evaluate_retrieval",
+    "read_retrieval_set",
+    "export_model_folder",
+    "push_model",
 ]

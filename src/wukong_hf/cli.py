@@ -13,10 +13,10 @@ import sys
 # One module per capability; each defines register(subparsers).
 COMMAND_MODULES = [
     "wukong_hf.commands_core",  # presets, score
-    # "wukong_hf.data.commands",  # data ... (issue 4)
-    # "wukong_hf.evaluation.commands",  # eval zero-shot / retrieval (issue 5)
-    # "wukong_hf.training.commands",  # train (issue 6)
-    # "wukong_hf.convert.commands",  # convert original / chinese-clip, push (issue 7)
+    "wukong_hf.data.commands",  # data ... (issue 4)
+    "wukong_hf.evaluation.commands",  # eval zero-shot / retrieval (issue 5)
+    "wukong_hf.training.commands",  # train (issue 6)
+    "wukong_hf.convert.commands",  # convert original / chinese-clip, push (issue 7)
     # "wukong_hf.demo",  # demo, visualize (issue 8)
 ]
 

@@ -1,0 +1,114 @@
+"""Deterministic micro-batches of (image, caption) pairs for every process and step.
+
+The order is a function of (seed, epoch, step) only, so the data position of a checkpoint is its
+step number, and one process with batch B sees exactly the pairs that P processes with B/P each
+see together: step s takes the s-th global batch of the epoch's permutation, and micro-batch j of
+process r is its slice (j * P + r).
+"""
+
+import torch
+
+__all__ = ["PairBatches", "StreamingPairBatches", "collate_pairs"]
+
+
+def collate_pairs(rows: list[dict], processor, image_column: str, caption_column: str, augmentation=None) -> dict:
+    """Rows with a PIL image and a caption -> processor tensors (pixel_values (b,3,S,S), input_ids (b,L), ...)."""
+    images, captions = [], []
+    for row in rows:
+        image, caption = row.get(image_column), row.get(caption_column)
+        if image is None or not hasattr(image, "convert"):
+            raise ValueError(
+                f"Row {row.get('__index__', '?')} has no decodable image in column {image_column!r} "
+                f"(got {type(image).__name__}); filter broken rows out first (wukong data commands do this)."
+            )
+        if not isinstance(caption, str) or not caption.strip():
+            raise ValueError(
+                f"Row {row.get('__index__', '?')} has no caption text in column {caption_column!r} "
+                f"(got {caption!r}); filter empty captions out first."
+            )
+        image = image.convert("RGB")
+        images.append(augmentation(image) if augmentation is not None else image)
+        captions.append(caption)
+    batch = dict(processor(text=captions, images=images))
+    batch["indices"] = [row.get("__index__", -1) for row in rows]
+    return batch
+
+
+class PairBatches(torch.utils.data.Dataset):
+    """Map-style source: item `step` = the k micro-batches of this process for that optimiser step.
+
+    dataset: a datasets.Dataset (or anything with __len__ and __getitem__(int) -> row dict).
+    """
+
+    def __init__(self, dataset, processor, *, micro_batch: int, accumulation: int, rank: int, world_size: int,
+                 seed: int, shuffle: bool, image_column: str, caption_column: str, augmentation=None,
+                 total_steps: int | None = None):
+        self.dataset, self.processor = dataset, processor
+        self.micro_batch, self.accumulation, self.rank, self.world_size = micro_batch, accumulation, rank, world_size
+        self.seed, self.shuffle, self.augmentation = seed, shuffle, augmentation
+        self.image_column, self.caption_column = image_column, caption_column
+        self.global_batch = micro_batch * accumulation * world_size
+        self.steps_per_epoch = len(dataset) // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"The training set has {len(dataset)} pairs, fewer than one global batch of {self.global_batch} "
+                f"(loop.batch_size {micro_batch} x accumulation {accumulation} x {world_size} processes); "
+                "lower loop.batch_size or add data."
+            )
+        self.total_steps = total_steps or self.steps_per_epoch
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order_epoch != epoch:
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                self._order = torch.randperm(len(self.dataset), generator=generator)
+            else:
+                self._order = torch.arange(len(self.dataset))
+            self._order_epoch = epoch
+        return self._order
+
+    def indices(self, step: int) -> list[list[int]]:
+        """Dataset indices of this process's k micro-batches at `step` (epochs wrap around)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        chunk = self._epoch_order(epoch)[position * self.global_batch:(position + 1) * self.global_batch].tolist()
+        b, world = self.micro_batch, self.world_size
+        return [chunk[(j * world + self.rank) * b:(j * world + self.rank + 1) * b] for j in range(self.accumulation)]
+
+    def __len__(self) -> int:
+        return self.total_steps
+
+    def __getitem__(self, step: int) -> list[dict]:
+        micro = []
+        for idx in self.indices(step):
+            rows = [dict(self.dataset[i], __index__=i) for i in idx]
+            micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column, self.augmentation))
+        return micro
+
+
+class StreamingPairBatches(torch.utils.data.IterableDataset):
+    """Iterable source (datasets.IterableDataset, streamed): this process's shard, consumed in order.
+
+    Resuming skips the `start_step * k * b` pairs this process already used.
+    """
+
+    def __init__(self, dataset, processor, *, micro_batch: int, accumulation: int, rank: int, world_size: int,
+                 start_step: int, image_column: str, caption_column: str, augmentation=None):
+        from datasets.distributed import split_dataset_by_node
+
+        per_step = micro_batch * accumulation
+        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size).skip(start_step * per_step)
+        self.processor, self.micro_batch, self.accumulation = processor, micro_batch, accumulation
+        self.image_column, self.caption_column, self.augmentation = image_column, caption_column, augmentation
+
+    def __iter__(self):
+        rows, micro = [], []
+        for row in self.dataset:
+            rows.append(row)
+            if len(rows) == self.micro_batch:
+                micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column,
+                                           self.augmentation))
+                rows = []
+                if len(micro) == self.accumulation:
+                    yield micro
+                    micro = []

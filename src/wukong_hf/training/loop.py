@@ -1,0 +1,309 @@
+"""`train(config)`: the training loop, top to bottom: model, data, optimiser, schedule, resume,
+steps (with checkpoints, logging, zero-shot validation), export, optional push.
+
+Runs unchanged on one CPU, one GPU, or many processes under `accelerate launch`.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .batches import PairBatches, StreamingPairBatches
+from .checkpoints import TrainingProgress, find_checkpoint, load_checkpoint, save_checkpoint
+from .config import DataSection, ModelSection, TrainConfig, TrainConfigError
+from .recipe import build_augmentation, build_optimizer, build_scheduler
+from .step import DualEncoderStep, TowerOutputCache, train_step
+
+__all__ = ["train", "TrainResult", "load_model_for_training", "load_train_dataset", "zero_shot_accuracy"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: folders (save_pretrained: safetensors + processor) and the logged history."""
+
+    output_dir: str
+    final_model_dir: str
+    best_model_dir: str | None = None
+    history: list[dict] = field(default_factory=list)
+    best_accuracy: float | None = None
+    resumed_from: str | None = None
+
+
+def _apply_model_overrides(config, overrides: dict):
+    for key, value in overrides.items():
+        target, *path = key.split(".")
+        obj = config
+        for part in [target, *path][:-1]:
+            obj = getattr(obj, part, None)
+            if obj is None:
+                raise TrainConfigError(f"model.overrides key {key!r}: the model config has no {part!r}.")
+        leaf = key.split(".")[-1]
+        if not hasattr(obj, leaf):
+            raise TrainConfigError(f"model.overrides key {key!r}: the model config has no field {leaf!r}.")
+        setattr(obj, leaf, value)
+    return config
+
+
+def load_model_for_training(section: ModelSection):
+    """(WukongModel in train mode, WukongProcessor) from a preset or a folder / Hub id, overrides applied."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from ..modeling_wukong import WukongModel
+    from ..presets import preset_config
+    from ..processing_wukong import WukongProcessor
+
+    if section.preset is not None:
+        config = _apply_model_overrides(preset_config(section.preset), section.overrides)
+        model = WukongModel(config)
+        processor = WukongProcessor.from_config(config)
+    else:
+        config = _apply_model_overrides(AutoConfig.from_pretrained(section.name_or_path), section.overrides)
+        model = WukongModel.from_pretrained(section.name_or_path, config=config)
+        processor = AutoProcessor.from_pretrained(section.name_or_path)
+    model.lock_image_tower(section.lock_image_tower)
+    if section.gradient_checkpointing:
+        model.text_model.gradient_checkpointing_enable()
+    return model.train(), processor
+
+
+def _load_dataset(path: str, name: str | None, split: str, streaming: bool = False):
+    import datasets
+
+    if Path(path).is_dir() and (Path(path) / "state.json").is_file() or (Path(path) / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(path)  # a save_to_disk folder
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(path, name=name, split=split, streaming=streaming)
+
+
+def load_train_dataset(section: DataSection):
+    """The training pairs named by data.dataset (save_to_disk folder, dataset repository folder or Hub id)."""
+    dataset = _load_dataset(section.dataset, section.name, section.split, section.streaming)
+    _check_columns(dataset, [section.image_column, section.caption_column], "data")
+    return dataset
+
+
+def _check_columns(dataset, columns: list[str], section: str) -> None:
+    names = dataset.column_names
+    if names is None:  # some streamed datasets do not know their columns before the first row
+        return
+    for column, key in zip(columns, ("image_column", "caption_column" if section == "data" else "label_column")):
+        if column not in names:
+            raise TrainConfigError(f"The {section} dataset has no column {column!r} (columns: {names}); set {section}.{key}.")
+
+
+def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> float:
+    """Top-1 zero-shot accuracy (percent) on eval_dataset (image + label columns) with the configured
+    class names and templates, through wukong_hf.evaluation.zero_shot_classification."""
+    from ..evaluation.image_sources import LabelledImages
+    from ..evaluation.zero_shot import zero_shot_classification
+
+    e = config.eval
+    column = e.image_column
+
+    def load(i: int):
+        return eval_dataset[i][column].convert("RGB")
+
+    images = LabelledImages(
+        loaders=[partial(load, i) for i in range(len(eval_dataset))],
+        labels=[int(v) for v in eval_dataset[e.label_column]],
+        ids=[str(i) for i in range(len(eval_dataset))],
+    )
+    was_training = model.training
+    model.eval()
+    report = zero_shot_classification(model, processor, images, e.class_names, e.templates, batch_size=e.batch_size)
+    model.train(was_training)
+    return float((report["ensemble"] or report["single_prompt"])["top1"])
+
+
+def _build_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    log_with = None if config.log.report_to == "none" else config.log.report_to
+    # Parameters no loss term reaches (token reduction under a global loss) must not stall DDP.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(
+        mixed_precision=config.loop.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=config.loop.output_dir, logging_dir=str(Path(config.loop.output_dir) / "logs")),
+        kwargs_handlers=[ddp],
+    )
+
+
+def _flat_hparams(config: TrainConfig) -> dict:
+    flat = {}
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value, ensure_ascii=False)
+    return flat
+
+
+def _export(model, processor, folder: Path) -> None:
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> TrainResult:
+    """Train a Wukong model with the paper's LiT recipe as configured; resumable.
+
+    Args:
+        config: the run (see TrainConfig; validated before anything loads).
+        train_dataset: optional datasets.Dataset / IterableDataset with "image" (PIL) and "caption"
+            columns (names from data.image_column / data.caption_column), replacing data.dataset.
+        eval_dataset: optional datasets.Dataset with image and integer label columns for zero-shot
+            validation (class names and templates from config.eval), replacing eval.dataset.
+
+    Returns:
+        TrainResult: output_dir, final_model_dir, best_model_dir (or None), history (one dict per
+        logged step: step, loss, lr, temperature, samples_per_s, and val_accuracy when evaluated).
+    """
+    config.validate(has_train_dataset=train_dataset is not None, has_eval_dataset=eval_dataset is not None)
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    lp, out = config.loop, Path(config.loop.output_dir)
+    accelerator = _build_accelerator(config)
+    set_seed(lp.seed)
+    model, processor = load_model_for_training(config.model)
+    locked = config.model.lock_image_tower
+
+    # ----- data --------------------------------------------------------------------------------
+    if config.data.shards is not None and train_dataset is None:
+        raise TrainConfigError(
+            "data.shards (WebDataset tar shards) needs wukong_hf.data.build_train_loader, which this install does "
+            "not provide yet; convert the shards to a datasets folder and set data.dataset instead."
+        )
+    if train_dataset is None:
+        train_dataset = load_train_dataset(config.data)
+    else:
+        _check_columns(train_dataset, [config.data.image_column, config.data.caption_column], "data")
+    if eval_dataset is None and config.eval.dataset is not None:
+        eval_dataset = _load_dataset(config.eval.dataset, config.eval.name, config.eval.split)
+    if eval_dataset is not None:
+        _check_columns(eval_dataset, [config.eval.image_column, config.eval.label_column], "eval")
+    augmentation = build_augmentation(config.data.augment)
+    streaming = not hasattr(train_dataset, "__len__")
+    if streaming and lp.max_steps == 0:
+        raise TrainConfigError("A streamed training set has no length: set loop.max_steps.")
+    common = dict(micro_batch=lp.batch_size, accumulation=lp.accumulation_steps, rank=accelerator.process_index,
+                  world_size=accelerator.num_processes, image_column=config.data.image_column,
+                  caption_column=config.data.caption_column, augmentation=augmentation)
+    if not streaming:
+        probe = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle, **common)
+        total_steps = lp.max_steps or lp.epochs * probe.steps_per_epoch
+    else:
+        total_steps = lp.max_steps
+
+    # ----- optimiser, schedule, resume ---------------------------------------------------------
+    step_module = DualEncoderStep(model)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim.warmup_steps, total_steps)
+    # The scheduler stays unprepared: Accelerate would step it once per process.
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    from ..losses import ContrastiveLoss
+
+    loss_fn = ContrastiveLoss(similarity=model.config.similarity, layout="lit" if locked else "local")
+
+    progress = TrainingProgress()
+    resume_from = find_checkpoint(out, config.checkpoint.resume)
+    if resume_from is not None:
+        progress = load_checkpoint(accelerator, resume_from)
+        scheduler.load_state_dict(progress.scheduler)
+        accelerator.print(f"resumed from {resume_from} at step {progress.step}")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    if config.log.report_to != "none":
+        accelerator.init_trackers(config.log.project, config=_flat_hparams(config))
+
+    if streaming:
+        source = StreamingPairBatches(train_dataset, processor, start_step=progress.step, **common)
+    else:
+        source = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle,
+                             total_steps=total_steps, **common)
+        source = torch.utils.data.Subset(source, range(progress.step, total_steps))
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.data.num_workers)
+    tower_cache = TowerOutputCache() if lp.cache_image_features else None
+
+    # ----- steps -------------------------------------------------------------------------------
+    best_dir = out / "best"
+    bar = tqdm(total=total_steps, initial=progress.step, desc="training", unit="step",
+               disable=not (accelerator.is_local_main_process and config.log.progress_bar))
+    step_module.train()
+    global_batch = lp.batch_size * lp.accumulation_steps * accelerator.num_processes
+    started = time.perf_counter()
+    for micro_batches in loader:
+        if progress.step >= total_steps:
+            break
+        micro_batches = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in mb.items()}
+                         for mb in micro_batches]
+        if tower_cache is not None:
+            for mb in micro_batches:
+                mb["tower_output"] = tower_cache.lookup(mb["indices"])
+        loss, towers = train_step(step_module, micro_batches, loss_fn, accelerator, replay_image_tower=locked)
+        if tower_cache is not None:
+            for mb, tower in zip(micro_batches, towers):
+                if mb["tower_output"] is None and tower is not None:
+                    tower_cache.store(mb["indices"], tower)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        bar.update(1)
+
+        evaluate_now = eval_dataset is not None and (
+            (config.eval.every_steps and progress.step % config.eval.every_steps == 0) or progress.step == total_steps
+        )
+        if progress.step % lp.log_every == 0 or evaluate_now or progress.step == total_steps:
+            elapsed = time.perf_counter() - started
+            record = {
+                "step": progress.step,
+                "loss": float(accelerator.reduce(loss, reduction="mean")),
+                "lr": scheduler.get_last_lr()[0],
+                "temperature": float(1.0 / model.temperature_scale.detach()),
+                "samples_per_s": global_batch * lp.log_every / max(elapsed, 1e-9),
+            }
+            started = time.perf_counter()
+            if evaluate_now:
+                accelerator.wait_for_everyone()
+                accuracy = zero_shot_accuracy(model, processor, eval_dataset, config) if accelerator.is_main_process else 0.0
+                record["val_accuracy"] = accuracy
+                if accelerator.is_main_process and (progress.best_accuracy is None or accuracy > progress.best_accuracy):
+                    progress.best_accuracy = accuracy
+                    _export(model, processor, best_dir)
+                accelerator.wait_for_everyone()
+                started = time.perf_counter()
+            progress.history.append(record)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+        every = config.checkpoint.every_steps
+        if every and progress.step % every == 0 and progress.step < total_steps:
+            progress.scheduler = scheduler.state_dict()
+            save_checkpoint(accelerator, out, progress, config.checkpoint.keep_last)
+    bar.close()
+
+    # ----- export --------------------------------------------------------------------------------
+    final_dir = out / "final"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _export(model, processor, final_dir)
+        (out / "history.json").write_text(json.dumps(progress.history, indent=1, ensure_ascii=False), encoding="utf-8")
+        if config.hub.push:
+            from ..hub import push_model
+
+            push_model(str(final_dir), config.hub.repo_id, private=config.hub.private, dry_run_dir=config.hub.dry_run_dir,
+                       results_files=[str(out / "history.json")])
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        output_dir=str(out),
+        final_model_dir=str(final_dir),
+        best_model_dir=str(best_dir) if progress.best_accuracy is not None else None,
+        history=progress.history,
+        best_accuracy=progress.best_accuracy,
+        resumed_from=str(resume_from) if resume_from is not None else None,
+    )

@@ -1,0 +1,143 @@
+"""TrainConfig parsing and validation, the recipe's weight-decay groups and optimiser, the CLI's errors."""
+
+import pytest
+import torch
+from conftest import make_tiny
+
+from wukong_hf.cli import main as cli_main
+from wukong_hf.training import TrainConfig, TrainConfigError, build_optimizer, weight_decay_groups
+from wukong_hf.training.config import OptimSection
+
+GOOD = """
+model:
+  preset: tiny-global
+data:
+  dataset: some-user/some-dataset
+optim:
+  lr: 1
+loop:
+  batch_size: 4
+"""
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_yaml_and_overrides_parse_into_typed_sections(tmp_path):
+    config = TrainConfig.from_yaml(
+        _write(tmp_path, GOOD),
+        ["optim.lr=1e-3", "loop.max_steps=7", "model.overrides.text_config.hidden_dropout_prob=0.0",
+         "eval.class_names=[猫, 狗]"],
+    ).validate()
+    assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)
+    assert config.loop.max_steps == 7 and config.loop.batch_size == 4
+    assert config.model.overrides == {"text_config.hidden_dropout_prob": 0.0}
+    assert config.eval.class_names == ["猫", "狗"]
+    assert (config.optim.beta1, config.optim.beta2, config.optim.eps) == (0.9, 0.999, 1e-2)  # paper Table 4
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_yaml_int_for_float_field_is_stored_as_float(tmp_path):
+    assert TrainConfig.from_yaml(_write(tmp_path, GOOD)).optim.lr == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        (GOOD, ["optim.learning_rate=1e-3"], "Unknown config key optim.learning_rate"),
+        (GOOD, ["loop.batch_size=eight"], "loop.batch_size must be int"),
+        (GOOD, ["model.lock_image_tower=3"], "model.lock_image_tower must be bool"),
+        (GOOD + "trainer: {}\n", [], "Unknown config section(s) trainer"),
+        (GOOD, ["optim.lr"], "must look like section.key=value"),
+        (GOOD, ["data.dataset=null"], "No training data"),
+        (GOOD, ["data.dataset=./no/such/folder"], "data.dataset path ./no/such/folder does not exist"),
+        (GOOD, ["model.preset=tiny-nothing"], "Unknown model.preset 'tiny-nothing'"),
+        (GOOD, ["model.name_or_path=/x"], "Set exactly one of model.preset"),
+        (GOOD, ["loop.accumulation_steps=0"], "loop.accumulation_steps must be at least 1"),
+        (GOOD, ["loop.cache_image_features=true"], "needs a locked image tower and data.augment=false"),
+        (GOOD, ["eval.dataset=x/y"], "needs eval.class_names"),
+        (GOOD, ["eval.templates=[照片]"], "needs a '{c}'"),
+        (GOOD, ["hub.push=true"], "hub.push=true needs hub.repo_id"),
+        (GOOD, ["loop.mixed_precision=fp64"], "loop.mixed_precision must be"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_fix(tmp_path, text, overrides, message):
+    with pytest.raises((TrainConfigError, FileNotFoundError)) as err:
+        TrainConfig.from_yaml(_write(tmp_path, text), overrides).validate()
+    assert message in str(err.value)
+
+
+def test_missing_config_file_and_bad_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist; see configs/"):
+        TrainConfig.from_yaml(tmp_path / "nothing.yaml")
+    with pytest.raises(TrainConfigError, match="not valid YAML"):
+        TrainConfig.from_yaml(_write(tmp_path, "model: [unclosed"))
+
+
+def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
+    code = cli_main(["train", str(_write(tmp_path, GOOD)), "optim.lr=-1"])
+    assert code == 2
+    assert "optim.lr must be positive" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shipped_example_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert len(files) >= 7
+    for path in files:
+        config = TrainConfig.from_yaml(path, ["eval.class_names=[猫]"])
+        config.validate(has_train_dataset=True, has_eval_dataset=True)
+
+
+def test_weight_decay_skips_bias_norm_embeddings_temperature_and_frozen_tower():
+    model, _ = make_tiny("tiny-reduced")
+    model.lock_image_tower()
+    decay, no_decay = weight_decay_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    assert "logit_scale" in skipped
+    assert not any(n.startswith("vision_model.") for n in decayed | skipped)  # locked: not in the optimiser
+    for name in skipped:
+        assert ("bias" in name or "norm" in name.lower() or "embedding" in name or name == "logit_scale"), name
+    for name in decayed:
+        assert not ("bias" in name or "LayerNorm" in name or "embeddings" in name), name
+    assert "text_projection.weight" in decayed and "token_reduction.feat_conv.weight" in decayed
+    assert any("token_embedding" in n for n in skipped) and any("position_embedding" in n for n in skipped)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed | skipped == trainable
+
+
+def test_unlocked_tower_positional_embedding_is_not_decayed():
+    model, _ = make_tiny("tiny-global")
+    model.lock_image_tower(False)
+    decay, no_decay = weight_decay_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"vision_model.timm_model.pos_embed", "vision_model.timm_model.cls_token"} <= skipped
+    assert any("word_embeddings" in n for n in skipped) and any("position_embeddings" in n for n in skipped)
+    assert any(names[id(p)].startswith("vision_model.") for p in decay["params"])
+
+
+def test_optimizer_is_lamb_with_paper_hyperparameters():
+    model, _ = make_tiny("tiny-global")
+    model.lock_image_tower()
+    optimizer = build_optimizer(model, OptimSection(lr=2e-3, weight_decay=0.05))
+    assert type(optimizer).__name__ == "Lamb"
+    group = optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-2 and group["lr"] == 2e-3
+    frozen = [p for p in model.vision_model.parameters()]
+    optimised = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimised for p in frozen)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer(model, OptimSection())
+    assert torch.is_tensor(model.logit_scale)

@@ -1,0 +1,46 @@
+"""Train a Wukong model with the paper's LiT recipe: a thin entry into wukong_hf.training.
+
+    python train.py CONFIG.yaml [section.key=value ...]
+
+One CPU (the tiny config runs in about a minute on 2 cores):
+    python train.py configs/tiny-cpu.yaml
+    accelerate launch --cpu --num_processes 1 train.py configs/tiny-cpu.yaml
+
+Two CPU processes (gloo; same weights as one process with the same global batch when
+data.augment=false):
+    accelerate launch --cpu --num_processes 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
+
+One GPU (bf16):
+    accelerate launch --num_processes 1 --mixed_precision bf16 train.py configs/paper-vit-l-14-token-wise.yaml \
+        data.dataset=/data/wukong-shards-dataset
+
+Several GPUs on one machine (8 here; loop.batch_size is per GPU, the negative set is
+batch_size x accumulation_steps x 8):
+    accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 train.py \
+        configs/paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
+
+Several nodes (run on every node; 4 nodes x 8 GPUs, node rank 0..3):
+    accelerate launch --multi_gpu --num_machines 4 --num_processes 32 --machine_rank $NODE_RANK \
+        --main_process_ip $MASTER_ADDR --main_process_port 29500 --mixed_precision bf16 \
+        train.py configs/paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
+
+Resume after a crash: run the same command again; checkpoint.resume=auto (the default) picks up the
+latest complete checkpoint in loop.output_dir. The same run is `wukong train CONFIG [overrides]`.
+"""
+
+import sys
+
+from wukong_hf.training.commands import run_training_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train a Wukong model (see the module docstring for launch commands).")
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    return run_training_command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
