@@ -15,11 +15,13 @@ import os
 import shutil
 import string
 import sys
+from importlib import resources
 from pathlib import Path
 
 __all__ = ["LICENCE_WARNING", "CARD_TEMPLATE", "prepare_dataset_repo", "push_dataset_repo"]
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[3] / "dataset_scripts" / "wukong" / "README.md"
+# dataset_scripts/wukong/ is packaged as wukong_hf.dataset_card_templates (pyproject package-dir), a plain folder on disk.
+CARD_TEMPLATE = Path(str(resources.files("wukong_hf.dataset_card_templates"))) / "README.md"
 LICENCE_WARNING = (
     "WARNING: Wukong is licensed CC BY-NC-SA 4.0 (non-commercial) and its terms forbid redistributing "
     "the data. Keep the repository private; do not share captions, URLs or images. Trained models may be shared."
@@ -93,7 +95,7 @@ def prepare_dataset_repo(
     if not pairs and not shards_dir:
         raise ValueError("nothing to prepare: pass --pairs (Parquet from `wukong data filter`) and/or --shards (from `wukong data download`)")
     if not os.path.isfile(card_template):
-        raise FileNotFoundError(f"card template {os.fspath(card_template)!r} not found; pass card_template= (dataset_scripts/wukong/README.md of the wukong-hf checkout)")
+        raise FileNotFoundError(f"card template {os.fspath(card_template)!r} not found; pass card_template= (a copy of dataset_scripts/wukong/README.md)")
     out = Path(out_dir)
     configs, num_pairs, num_images = [], 0, 0
     if pairs:
