@@ -2,13 +2,16 @@
 
     python train.py CONFIG.yaml [section.key=value ...]
 
-One CPU (the tiny config runs in about a minute on 2 cores):
+One CPU (the tiny config: 60 steps, 1-2 minutes on 2 cores; first make its 256 synthetic pairs):
+    python -c "from wukong_hf.data.synthetic import SyntheticShapes as S; S().to_dataset('train', 256).save_to_disk('data/tiny-pairs')"
     python train.py configs/tiny-cpu.yaml
     accelerate launch --cpu --num_processes 1 train.py configs/tiny-cpu.yaml
 
-Two CPU processes (gloo; same weights as one process with the same global batch when
-data.augment=false):
-    accelerate launch --cpu --num_processes 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
+Two CPU processes (gloo; the weights match one process with the same global batch within 1e-5,
+dropout off). `accelerate launch --cpu --num_processes 2` starts only ONE process in
+accelerate 1.x; use torchrun, or --multi_gpu on a machine without CUDA (train() then picks gloo):
+    torchrun --nproc_per_node 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
+    accelerate launch --multi_gpu --num_processes 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
 
 One GPU (bf16):
     accelerate launch --num_processes 1 --mixed_precision bf16 train.py configs/paper-vit-l-14-token-wise.yaml \
@@ -18,6 +21,8 @@ Several GPUs on one machine (8 here; loop.batch_size is per GPU, the negative se
 batch_size x accumulation_steps x 8):
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 train.py \
         configs/paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
+    (WebDataset shards from `wukong data download` instead: data.dataset=null data.shards=/data/wukong-shards
+    loop.max_steps=N)
 
 Several nodes (run on every node; 4 nodes x 8 GPUs, node rank 0..3):
     accelerate launch --multi_gpu --num_machines 4 --num_processes 32 --machine_rank $NODE_RANK \
@@ -30,6 +35,7 @@ latest complete checkpoint in loop.output_dir. The same run is `wukong train CON
 
 import sys
 
+from wukong_hf.training import CheckpointError, TrainConfigError
 from wukong_hf.training.commands import run_training_command
 
 
@@ -39,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train a Wukong model (see the module docstring for launch commands).")
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*")
-    return run_training_command(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run_training_command(args)
+    except (TrainConfigError, CheckpointError, FileNotFoundError) as err:  # bad input: the message, no traceback
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

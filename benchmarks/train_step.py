@@ -1,9 +1,12 @@
 """Step time and samples/s of train_step on CPU: locked vs unlocked image tower, global vs token-wise
-loss, accumulation cost. Prints a table, writes benchmarks/results/train_step.json. Under 2 minutes.
+loss, accumulation cost. Prints a table, writes benchmarks/results/train_step.json (or the path given
+as the first argument). Under 2 minutes on an idle machine.
 
-One vs two processes is not measured here (see docs/sections/06-training.md)."""
+One vs two processes: benchmarks/train_processes.py."""
 
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from wukong_hf import WukongModel, WukongProcessor, preset_config
 from wukong_hf.losses import ContrastiveLoss
 from wukong_hf.training.step import DualEncoderStep, train_step
 
-MACHINE = "2-core CPU sandbox, no GPU (shared with other jobs: noisy)"
+MACHINE = "2-core CPU sandbox, no GPU (shared: noisy)"
 # An image tower that dominates the cost: ViT width 192, depth 6, patch 8 at 96 px (144 patches).
 VISION = {"model_type": "timm_wrapper", "architecture": "vit_base_patch32_clip_quickgelu_224", "do_pooling": False,
           "model_args": {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 8, "img_size": 96}}
@@ -53,8 +56,9 @@ def main() -> None:
     for r in rows:
         print(f"{r['similarity']:11s} {r['image_tower']:9s} {r['micro_batch']:3d} {r['accumulation']:2d} "
               f"{r['step_s']:8.3f} {r['samples_per_s']:10.1f}")
-    out = Path(__file__).parent / "results" / "train_step.json"
-    out.write_text(json.dumps({"machine": MACHINE, "rows": rows}, indent=1))
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "train_step.json"
+    out.write_text(json.dumps({"machine": MACHINE, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+                               "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

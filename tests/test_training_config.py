@@ -62,6 +62,8 @@ def test_yaml_int_for_float_field_is_stored_as_float(tmp_path):
         (GOOD, ["eval.templates=[照片]"], "needs a '{c}'"),
         (GOOD, ["hub.push=true"], "hub.push=true needs hub.repo_id"),
         (GOOD, ["loop.mixed_precision=fp64"], "loop.mixed_precision must be"),
+        (GOOD, ["data.shards=/no/such/*.tar"], "Set one of data.dataset"),
+        (GOOD, ["data.dataset=null", "data.shards=/no/such/*.tar"], "matches no .tar shards"),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(tmp_path, text, overrides, message):
@@ -141,3 +143,54 @@ def test_optimizer_is_lamb_with_paper_hyperparameters():
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_optimizer(model, OptimSection())
     assert torch.is_tensor(model.logit_scale)
+
+
+def test_shard_config_needs_max_steps_and_no_feature_cache(tmp_path):
+    (tmp_path / "00000.tar").write_bytes(b"")
+    shards = f"data.shards={tmp_path}"
+    with pytest.raises(TrainConfigError, match="set loop.max_steps"):
+        TrainConfig.from_yaml(_write(tmp_path, GOOD), ["data.dataset=null", shards]).validate()
+    with pytest.raises(TrainConfigError, match="cache_image_features needs data.dataset"):
+        TrainConfig.from_yaml(_write(tmp_path, GOOD), ["data.dataset=null", shards, "loop.max_steps=3",
+                                                       "loop.cache_image_features=true"]).validate()
+    TrainConfig.from_yaml(_write(tmp_path, GOOD), ["data.dataset=null", shards, "loop.max_steps=3"]).validate()
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
+    from wukong_hf.training import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert lrs[8] == pytest.approx(0.5)  # cosine half-way through the 8 decay steps
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:])) and scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_augmentation_is_torchvision_autoaugment_on_pil_images():
+    from PIL import Image
+    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+    from wukong_hf.training.recipe import build_augmentation
+
+    assert build_augmentation(False) is None
+    augment = build_augmentation(True)
+    assert isinstance(augment, AutoAugment) and augment.policy == AutoAugmentPolicy.IMAGENET
+    image = Image.new("RGB", (40, 30), (200, 30, 30))
+    torch.manual_seed(0)
+    out = [augment(image) for _ in range(8)]
+    assert all(o.size == (40, 30) for o in out) and any(o.tobytes() != image.tobytes() for o in out)
+
+
+def test_train_py_reports_bad_input_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    import train as train_script
+
+    assert train_script.main([str(_write(tmp_path, GOOD)), "data.dataset=./no/such/folder"]) == 2
+    assert "train.py: error: data.dataset path ./no/such/folder does not exist" in capsys.readouterr().err

@@ -3,18 +3,31 @@
 The order is a function of (seed, epoch, step) only, so the data position of a checkpoint is its
 step number, and one process with batch B sees exactly the pairs that P processes with B/P each
 see together: step s takes the s-th global batch of the epoch's permutation, and micro-batch j of
-process r is its slice (j * P + r).
+process r is its slice (j * P + r). Augmentation is seeded per pair by (seed, epoch, index), so it
+too is the same for any number of processes or DataLoader workers, and after a resume.
 """
 
 import torch
 
-__all__ = ["PairBatches", "StreamingPairBatches", "collate_pairs"]
+__all__ = ["PairBatches", "StreamingPairBatches", "ShardPairBatches", "collate_pairs"]
 
 
-def collate_pairs(rows: list[dict], processor, image_column: str, caption_column: str, augmentation=None) -> dict:
-    """Rows with a PIL image and a caption -> processor tensors (pixel_values (b,3,S,S), input_ids (b,L), ...)."""
+def _augmented(augmentation, image, seed: int):
+    # Seeded per pair, outside the global RNG: the same pair gets the same augmentation whatever the
+    # number of processes or workers, and after a resume; dropout's RNG stream is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return augmentation(image)
+
+
+def collate_pairs(rows: list[dict], processor, image_column: str, caption_column: str, augmentation=None,
+                  seeds: list[int] | None = None) -> dict:
+    """Rows with a PIL image and a caption -> processor tensors (pixel_values (b,3,S,S), input_ids (b,L), ...).
+
+    seeds: one augmentation seed per row (None: the augmentation draws from the global RNG).
+    """
     images, captions = [], []
-    for row in rows:
+    for n, row in enumerate(rows):
         image, caption = row.get(image_column), row.get(caption_column)
         if image is None or not hasattr(image, "convert"):
             raise ValueError(
@@ -27,7 +40,9 @@ def collate_pairs(rows: list[dict], processor, image_column: str, caption_column
                 f"(got {caption!r}); filter empty captions out first."
             )
         image = image.convert("RGB")
-        images.append(augmentation(image) if augmentation is not None else image)
+        if augmentation is not None:
+            image = augmentation(image) if seeds is None else _augmented(augmentation, image, seeds[n])
+        images.append(image)
         captions.append(caption)
     batch = dict(processor(text=captions, images=images))
     batch["indices"] = [row.get("__index__", -1) for row in rows]
@@ -80,9 +95,12 @@ class PairBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int) -> list[dict]:
         micro = []
+        epoch = step // self.steps_per_epoch
         for idx in self.indices(step):
             rows = [dict(self.dataset[i], __index__=i) for i in idx]
-            micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column, self.augmentation))
+            seeds = [(self.seed * 100_003 + epoch) * 1_000_003 + i for i in idx]  # a pair's seed: (seed, epoch, index)
+            micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column, self.augmentation,
+                                       seeds))
         return micro
 
 
@@ -93,22 +111,55 @@ class StreamingPairBatches(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, dataset, processor, *, micro_batch: int, accumulation: int, rank: int, world_size: int,
-                 start_step: int, image_column: str, caption_column: str, augmentation=None):
+                 start_step: int, image_column: str, caption_column: str, augmentation=None, seed: int = 0):
         from datasets.distributed import split_dataset_by_node
 
         per_step = micro_batch * accumulation
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size).skip(start_step * per_step)
+        # Augmentation seed of the n-th pair of this rank's stream (the same after a resume).
+        self.first_seed = ((seed * 100_003 + rank) * 1_000_003) + start_step * per_step
         self.processor, self.micro_batch, self.accumulation = processor, micro_batch, accumulation
         self.image_column, self.caption_column, self.augmentation = image_column, caption_column, augmentation
 
     def __iter__(self):
         rows, micro = [], []
-        for row in self.dataset:
+        for n, row in enumerate(self.dataset):
             rows.append(row)
             if len(rows) == self.micro_batch:
+                seeds = list(range(self.first_seed + n + 1 - len(rows), self.first_seed + n + 1))
                 micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column,
-                                           self.augmentation))
+                                           self.augmentation, seeds))
                 rows = []
                 if len(micro) == self.accumulation:
                     yield micro
                     micro = []
+
+
+class ShardPairBatches:
+    """WebDataset shards through `wukong_hf.data.build_train_loader`: this process's stream, k micro-batches
+    of b pairs per optimiser step, in order (one pass over the shards).
+
+    Ranks take whole shards (see the loader). Resuming skips the `start_step * k * b` samples this process
+    already read. image_column / caption_column None: the loader finds jpg/png and txt/caption itself.
+    A micro-batch can come out short when an image fails to decode (the loader skips it with a warning).
+    """
+
+    def __init__(self, shards: str, processor, *, micro_batch: int, accumulation: int, rank: int, world_size: int,
+                 start_step: int, seed: int, augment: bool, num_workers: int = 0, image_column: str | None = None,
+                 caption_column: str | None = None):
+        from ..data.train_loader import build_train_loader
+
+        self.accumulation = accumulation
+        self.loader = build_train_loader(
+            shards, processor, micro_batch, rank=rank, world_size=world_size, num_workers=num_workers,
+            augment=augment, start_sample=start_step * micro_batch * accumulation, seed=seed, drop_last=True,
+            image_column=image_column, caption_column=caption_column,
+        )
+
+    def __iter__(self):
+        micro = []
+        for batch in self.loader:
+            micro.append(batch)
+            if len(micro) == self.accumulation:
+                yield micro
+                micro = []

@@ -271,6 +271,22 @@ class TrainConfig:
                 )
             if d.dataset is not None and d.dataset.startswith((".", "/", "~")) and not Path(d.dataset).expanduser().exists():
                 raise FileNotFoundError(f"data.dataset path {d.dataset} does not exist.")
+        if not has_train_dataset and d.dataset is not None and d.shards is not None:
+            raise TrainConfigError("Set one of data.dataset (a datasets folder or Hub id) or data.shards (WebDataset "
+                                   "tar shards), not both.")
+        if not has_train_dataset and d.shards is not None:
+            import glob
+
+            shards = Path(d.shards).expanduser()
+            found = sorted(shards.glob("*.tar")) if shards.is_dir() else glob.glob(str(shards))
+            if not found:
+                raise FileNotFoundError(f"data.shards {d.shards} matches no .tar shards; give the folder written by "
+                                        "`wukong data download` or a glob such as /data/wukong/*.tar.")
+            if lp.max_steps == 0:
+                raise TrainConfigError("data.shards is a stream without a known length: set loop.max_steps.")
+            if lp.cache_image_features:
+                raise TrainConfigError("loop.cache_image_features needs data.dataset: one pass over data.shards "
+                                       "sees every image once, so there is nothing to reuse.")
         if not has_eval_dataset and e.dataset is not None and e.dataset.startswith((".", "/", "~")):
             if not Path(e.dataset).expanduser().exists():
                 raise FileNotFoundError(f"eval.dataset path {e.dataset} does not exist.")

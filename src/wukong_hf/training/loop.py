@@ -5,6 +5,7 @@ Runs unchanged on one CPU, one GPU, or many processes under `accelerate launch`.
 """
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .batches import PairBatches, StreamingPairBatches
+from .batches import PairBatches, ShardPairBatches, StreamingPairBatches
 from .checkpoints import TrainingProgress, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import DataSection, ModelSection, TrainConfig, TrainConfigError
 from .recipe import build_augmentation, build_optimizer, build_scheduler
@@ -66,7 +67,8 @@ def load_model_for_training(section: ModelSection):
         processor = AutoProcessor.from_pretrained(section.name_or_path)
     model.lock_image_tower(section.lock_image_tower)
     if section.gradient_checkpointing:
-        model.text_model.gradient_checkpointing_enable()
+        text = model.text_model  # transformers 5 deprecates gradient_checkpointing_enable for activation_...
+        (getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable)()
     return model.train(), processor
 
 
@@ -119,19 +121,61 @@ def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> f
     return float((report["ensemble"] or report["single_prompt"])["top1"])
 
 
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate launch / mpirun env), 1 if none."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
 def _build_accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     log_with = None if config.log.report_to == "none" else config.log.report_to
     # Parameters no loss term reaches (token reduction under a global loss) must not stall DDP.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(
+    # A second train() in the same Python process (notebook, tests) may ask for another precision; the
+    # process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    launched = launched_processes()
+    # Without cpu=True, Accelerate treats a multi-process launch on a machine without CUDA as
+    # single-process (DistributedType.NO) while still opening a process group: every process would
+    # train the full batch alone. cpu=True selects its MULTI_CPU (gloo) mode instead.
+    cpu = launched > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=cpu,
         mixed_precision=config.loop.mixed_precision,
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=config.loop.output_dir, logging_dir=str(Path(config.loop.output_dir) / "logs")),
         kwargs_handlers=[ddp],
     )
+    if accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"The launcher started {launched} processes but Accelerate sees {accelerator.num_processes} "
+            f"(distributed type {accelerator.distributed_type}); the global batch would be wrong. Launch with "
+            "`accelerate launch --multi_gpu --num_processes N` or `torchrun --nproc_per_node N`."
+        )
+    return accelerator
+
+
+def aligned_across_processes(micro_batches: list[dict] | None, accumulation: int, accelerator) -> list[dict] | None:
+    """A streamed step, the same shape on every process: micro-batch j cut to the smallest size any process
+    has (the shard loader skips undecodable images), and None everywhere once any process's stream has
+    ended (otherwise the others would wait in the loss's all-gather forever)."""
+    if accelerator.num_processes == 1:
+        return micro_batches
+    if micro_batches is None:
+        sizes = torch.zeros(accumulation, dtype=torch.long, device=accelerator.device)
+    else:
+        sizes = torch.tensor([len(mb["input_ids"]) for mb in micro_batches], device=accelerator.device)
+    smallest = accelerator.gather(sizes).view(-1, accumulation).min(dim=0).values.tolist()
+    if micro_batches is None or min(smallest) == 0:
+        return None
+    return [{key: value[:n] if torch.is_tensor(value) or isinstance(value, list) else value for key, value in mb.items()}
+            for mb, n in zip(micro_batches, smallest)]
 
 
 def _flat_hparams(config: TrainConfig) -> dict:
@@ -140,6 +184,19 @@ def _flat_hparams(config: TrainConfig) -> dict:
         for key, value in values.items():
             flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value, ensure_ascii=False)
     return flat
+
+
+def _write_validation_results(config: TrainConfig, accuracy: float, out: Path) -> str:
+    """validation_results.json with a "model_index" entry (the Hub card's format) for the final model."""
+    e = config.eval
+    name = e.dataset or "validation set"
+    label = f"top-1 accuracy ({len(e.templates)}-prompt {'ensemble' if len(e.templates) > 1 else 'single prompt'})"
+    entry = {"task_type": "zero-shot-image-classification", "task_name": "Zero-shot image classification",
+             "dataset_name": name, "dataset_type": name, "dataset_split": e.split, "metric_type": "accuracy",
+             "metric_name": label, "metric_value": round(float(accuracy), 4), "source": "measured"}
+    path = out / "validation_results.json"
+    path.write_text(json.dumps({"model_index": [entry]}, indent=1, ensure_ascii=False), encoding="utf-8")
+    return str(path)
 
 
 def _export(model, processor, folder: Path) -> None:
@@ -172,21 +229,17 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
     locked = config.model.lock_image_tower
 
     # ----- data --------------------------------------------------------------------------------
-    if config.data.shards is not None and train_dataset is None:
-        raise TrainConfigError(
-            "data.shards (WebDataset tar shards) needs wukong_hf.data.build_train_loader, which this install does "
-            "not provide yet; convert the shards to a datasets folder and set data.dataset instead."
-        )
-    if train_dataset is None:
+    shards = config.data.shards if train_dataset is None else None
+    if shards is None and train_dataset is None:
         train_dataset = load_train_dataset(config.data)
-    else:
+    elif train_dataset is not None:
         _check_columns(train_dataset, [config.data.image_column, config.data.caption_column], "data")
     if eval_dataset is None and config.eval.dataset is not None:
         eval_dataset = _load_dataset(config.eval.dataset, config.eval.name, config.eval.split)
     if eval_dataset is not None:
         _check_columns(eval_dataset, [config.eval.image_column, config.eval.label_column], "eval")
     augmentation = build_augmentation(config.data.augment)
-    streaming = not hasattr(train_dataset, "__len__")
+    streaming = shards is not None or not hasattr(train_dataset, "__len__")
     if streaming and lp.max_steps == 0:
         raise TrainConfigError("A streamed training set has no length: set loop.max_steps.")
     common = dict(micro_batch=lp.batch_size, accumulation=lp.accumulation_steps, rank=accelerator.process_index,
@@ -220,13 +273,22 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
     if config.log.report_to != "none":
         accelerator.init_trackers(config.log.project, config=_flat_hparams(config))
 
-    if streaming:
-        source = StreamingPairBatches(train_dataset, processor, start_step=progress.step, **common)
+    if shards is not None:
+        d = config.data
+        # The section's default column names are the datasets ones; shards use jpg/txt, which the loader finds itself.
+        loader = ShardPairBatches(shards, processor, micro_batch=lp.batch_size, accumulation=lp.accumulation_steps,
+                                  rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                  start_step=progress.step, seed=lp.seed, augment=d.augment, num_workers=d.num_workers,
+                                  image_column=None if d.image_column == "image" else d.image_column,
+                                  caption_column=None if d.caption_column == "caption" else d.caption_column)
     else:
-        source = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle,
-                             total_steps=total_steps, **common)
-        source = torch.utils.data.Subset(source, range(progress.step, total_steps))
-    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.data.num_workers)
+        if streaming:
+            source = StreamingPairBatches(train_dataset, processor, start_step=progress.step, seed=lp.seed, **common)
+        else:
+            source = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle,
+                                 total_steps=total_steps, **common)
+            source = torch.utils.data.Subset(source, range(progress.step, total_steps))
+        loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.data.num_workers)
     tower_cache = TowerOutputCache() if lp.cache_image_features else None
 
     # ----- steps -------------------------------------------------------------------------------
@@ -236,8 +298,13 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
     step_module.train()
     global_batch = lp.batch_size * lp.accumulation_steps * accelerator.num_processes
     started = time.perf_counter()
-    for micro_batches in loader:
-        if progress.step >= total_steps:
+    batches = iter(loader)
+    while progress.step < total_steps:
+        micro_batches = next(batches, None)
+        if streaming:
+            micro_batches = aligned_across_processes(micro_batches, lp.accumulation_steps, accelerator)
+        if micro_batches is None:
+            accelerator.print(f"the training stream ended after {progress.step} of {total_steps} steps")
             break
         micro_batches = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in mb.items()}
                          for mb in micro_batches]
@@ -295,8 +362,11 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         if config.hub.push:
             from ..hub import push_model
 
+            final_accuracy = next((h["val_accuracy"] for h in reversed(progress.history)
+                                   if h["step"] == progress.step and "val_accuracy" in h), None)
+            results = [] if final_accuracy is None else [_write_validation_results(config, final_accuracy, out)]
             push_model(str(final_dir), config.hub.repo_id, private=config.hub.private, dry_run_dir=config.hub.dry_run_dir,
-                       results_files=[str(out / "history.json")])
+                       results_files=results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(
