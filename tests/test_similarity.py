@@ -83,6 +83,31 @@ def test_matches_loop_reference_with_padding_and_empty_rows(blocks):
     assert all(torch.isfinite(g).all() for g in result[2])
 
 
+def test_unpadded_images_with_padded_texts():
+    # The benchmark's layout: every image token counts (the kernel skips the image mask), texts are padded.
+    image, text, _, text_mask = random_case(4, 5, 6, 7, 8, seed=7)
+    image_mask = torch.ones(4, 6, dtype=torch.bool)
+    expected = grads_of(loop_reference, image, text, image_mask, text_mask)
+    assert_same(grads_of(tiled(3, 2), image, text, image_mask, text_mask), expected)
+    assert_same(grads_of(tiled(3, 2), image, text, None, text_mask), expected)
+
+
+def test_exact_ties_give_the_whole_gradient_to_the_first_token():
+    # Small half-integers make every dot product exact in any summation order, so duplicated tokens
+    # tie exactly; like torch.max (not amax, which splits the gradient), the first maximal token wins.
+    g = torch.Generator().manual_seed(8)
+    image = torch.randint(-2, 3, (3, 5, 8), generator=g).double() / 2
+    text = torch.randint(-2, 3, (4, 6, 8), generator=g).double() / 2
+    image[:, 3], text[:, 2] = image[:, 1], text[:, 0]
+    image, text = image.requires_grad_(), text.requires_grad_()
+    image_mask, text_mask = torch.ones(3, 5, dtype=torch.bool), torch.ones(4, 6, dtype=torch.bool)
+    expected = grads_of(loop_reference, image, text, image_mask, text_mask)
+    result = grads_of(tiled(2, 3), image, text, image_mask, text_mask)
+    assert_same(result, expected)
+    split = grads_of(naive_reference, image, text, image_mask, text_mask)  # amax: ties share the gradient
+    assert not torch.allclose(result[2][0], split[2][0])  # so the test does exercise ties
+
+
 def test_batch_size_one_and_no_masks():
     image, text, _, _ = random_case(1, 1, 3, 4, 5, seed=3)
     ones_image, ones_text = torch.ones(1, 3, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)

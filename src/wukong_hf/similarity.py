@@ -14,7 +14,10 @@ it. Here the scores are computed tile by tile over images and texts; the forward
 argmax index of every max (one byte or two per token pair of a direction), and the backward
 rebuilds each tile's sparse gradient and applies it with two matmuls. Peak memory is a few tiles
 plus I*T*(n1+n2) small indices; gradients equal autograd through the naive form (at exact ties
-one maximal token takes the whole gradient, as with torch.max, where torch.amax would split it).
+the first maximal token takes the whole gradient, as with torch.max, where torch.amax would split it).
+The gradient jumps where a max changes hands, so in fp32 a near-tie closer than a dot product's
+rounding (a few maxima in ten million) can pick another winner than float64 would; that, not the
+accumulation, bounds the agreement of fp32 gradients with a float64 reference.
 
 This module imports only torch: it is copied next to the modeling file when a model is saved
 with remote code, so it must stay self-contained.
@@ -90,6 +93,8 @@ class _TokenWiseSimilarity(torch.autograd.Function):
         image_count = image_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (I,)
         text_count = text_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (T,)
         image_valid, text_valid = image_mask.any(-1), text_mask.any(-1)
+        image_padded, text_padded = not bool(image_mask.all()), not bool(text_mask.all())
+        zero = torch.zeros((), dtype=compute_dtype, device=device)
         i2t = torch.zeros(num_images, num_texts, dtype=compute_dtype, device=device)
         t2i = torch.zeros(num_texts, num_images, dtype=compute_dtype, device=device)
         best_text_token = torch.empty(num_images, n1, num_texts, dtype=_index_dtype(n2), device=device)
@@ -102,18 +107,23 @@ class _TokenWiseSimilarity(torch.autograd.Function):
                 j1 = min(j0 + text_block, num_texts)
                 y_mask = text_mask[j0:j1]
                 scores = _tile_scores(x, text_embeds[j0:j1].to(compute_dtype))  # (Ib, n1, Tb, n2)
-                # image-to-text: max over the text's counted tokens, mean over the image's counted tokens
-                best, arg = scores.masked_fill(~y_mask[None, None], float("-inf")).max(dim=3)  # (Ib, n1, Tb)
-                best = torch.where(text_valid[j0:j1][None, None], best, torch.zeros((), dtype=best.dtype, device=device))
-                best = best * x_mask[:, :, None]
-                i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
-                best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
+                # The masks go in place, one after the other, so the tile is never copied: padded text
+                # tokens r never win a max over r and padded image tokens k never win one over k; the
+                # -inf rows they leave are zeroed by the torch.where calls below.
                 # text-to-image: max over the image's counted tokens, mean over the text's counted tokens
-                best, arg = scores.masked_fill_(~x_mask[:, :, None, None], float("-inf")).max(dim=1)  # (Ib, Tb, n2)
-                best = torch.where(image_valid[i0:i1][:, None, None], best, torch.zeros((), dtype=best.dtype, device=device))
-                best = best * y_mask[None]
+                if image_padded:
+                    scores.masked_fill_(~x_mask[:, :, None, None], float("-inf"))
+                best, arg = scores.max(dim=1)  # (Ib, Tb, n2)
+                best = torch.where(image_valid[i0:i1, None, None] & y_mask[None], best, zero)
                 t2i[j0:j1, i0:i1] = (best.sum(2) / text_count[None, j0:j1]).t()
                 best_image_token[i0:i1, j0:j1] = arg.to(best_image_token.dtype)
+                # image-to-text: max over the text's counted tokens, mean over the image's counted tokens
+                if text_padded:
+                    scores.masked_fill_(~y_mask[None, None], float("-inf"))
+                best, arg = scores.max(dim=3)  # (Ib, n1, Tb)
+                best = torch.where(x_mask[:, :, None] & text_valid[None, None, j0:j1], best, zero)
+                i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
+                best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
                 del scores, best, arg
         ctx.save_for_backward(image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token)
         ctx.blocks = (image_block, text_block)
