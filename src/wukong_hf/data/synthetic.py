@@ -1,9 +1,10 @@
-"""Built-in synthetic Chinese image-text set: coloured shapes on coloured backgrounds.
+"""Built-in synthetic Chinese image-text set: coloured shapes on plain, noisy backgrounds.
 
 Generated in code, nothing shipped or downloaded. Each example is one shape ("圆形", "正方形",
-"三角形", "十字形") in one colour, at a random position and size, on a background of another
-colour with mild pixel noise; its caption names both ("蓝色背景上的一个红色圆形") in one of several
-phrasings, its label is the colour-shape combination ("红色圆形"), and its pixel mask is kept.
+"三角形", "十字形") in one of five colours, at a random position and size, on a noisy background
+of one of four colours no object has (白 white, 黑 black, 灰 grey, 棕 brown); its caption names the
+object and usually the background ("白底上的一个红色圆形", "一个红色圆形", ...: seven phrasings), its label
+is the colour-shape combination ("红色圆形"), and its pixel mask is kept.
 
 Held-out colour-shape combinations never occur in the "train" split; the "held_out" split holds
 only them, so zero-shot classification on it measures compositional generalisation.
@@ -36,24 +37,30 @@ OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
     "黄色": (240, 210, 40),
     "紫色": (150, 60, 190),
 }
-# Backgrounds: neutral colours plus every object colour (never the object's own colour).
+# Backgrounds: colours no object has, so "the red thing" is always the object, never the backdrop.
+# Named as in "白底" (white ground), without 色: "色" then belongs to the object's colour words only,
+# so a background patch has no reason to match a label like "红色圆形".
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
-    "白色": (240, 240, 240),
-    "黑色": (20, 20, 20),
-    "灰色": (128, 128, 128),
-    **OBJECT_COLOURS,
+    "白": (240, 240, 240),
+    "黑": (20, 20, 20),
+    "灰": (128, 128, 128),
+    "棕": (120, 80, 40),
 }
 SHAPES: tuple[str, ...] = ("圆形", "正方形", "三角形", "十字形")
+# Most phrasings name the background too; some do not, as real captions often leave it out.
 CAPTION_TEMPLATES: tuple[str, ...] = (
-    "{background}背景上的一个{colour}{shape}",
-    "一个{colour}{shape}，背景是{background}",
-    "{colour}的{shape}在{background}的背景上",
-    "这张图片里有一个{colour}{shape}，背景为{background}",
-    "{background}底色上画着{colour}{shape}",
+    "{background}底上的一个{colour}{shape}",
+    "一个{colour}{shape}，背景是{background}的",
+    "{colour}的{shape}在{background}背景上",
+    "这张图片的{background}底上有一个{colour}{shape}",
+    "{background}底上画着{colour}{shape}",
+    "一个{colour}{shape}",
+    "图片里有一个{colour}{shape}",
 )
 SPLITS: tuple[str, ...] = ("train", "held_out")
 COLOUR_JITTER = 12  # per-channel shift of a whole object or background, so colours vary a little
 PIXEL_NOISE = 8  # per-pixel noise on the background, so it is not a flat field
+MIN_SIDE, MAX_SIDE = 0.4, 0.7  # side of the shape's box as a fraction of the image side
 
 
 @dataclass
@@ -144,7 +151,7 @@ class SyntheticShapes:
         combos = self.split_combinations(split)
         rng = np.random.default_rng([self.seed, SPLITS.index(split), index])
         colour, shape = combos[int(rng.integers(len(combos)))]
-        background = rng.choice([name for name in BACKGROUND_COLOURS if name != colour])
+        background = str(rng.choice(list(BACKGROUND_COLOURS)))
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
 
         size = self.image_size
@@ -152,7 +159,7 @@ class SyntheticShapes:
         pixels = bg_rgb + rng.integers(-PIXEL_NOISE, PIXEL_NOISE + 1, (size, size, 3))
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
-        side = int(rng.integers(int(0.35 * size), int(0.65 * size) + 1))
+        side = int(rng.integers(int(MIN_SIDE * size), int(MAX_SIDE * size) + 1))
         x0 = int(rng.integers(0, size - side + 1))
         y0 = int(rng.integers(0, size - side + 1))
         box = (x0, y0, x0 + side - 1, y0 + side - 1)
@@ -172,13 +179,16 @@ class SyntheticShapes:
             background=str(background),
         )
 
-    def examples(self, split: str, num_examples: int) -> list[SyntheticExample]:
-        """The first `num_examples` examples of `split`."""
+    def examples(self, split: str, num_examples: int, progress: bool = False) -> list[SyntheticExample]:
+        """The first `num_examples` examples of `split` (progress: show a tqdm bar)."""
         if num_examples < 1:
             raise ValueError(f"num_examples must be at least 1, got {num_examples}.")
-        return [self.example(split, i) for i in range(num_examples)]
+        from tqdm.auto import tqdm
 
-    def to_dataset(self, split: str = "train", num_examples: int = 1000):
+        indices = tqdm(range(num_examples), desc=f"generating {split}", unit="img", disable=not progress)
+        return [self.example(split, i) for i in indices]
+
+    def to_dataset(self, split: str = "train", num_examples: int = 1000, progress: bool = False):
         """A datasets.Dataset of the first `num_examples` examples of `split`.
 
         Columns: image (Image), caption (str), label (ClassLabel over `labels`), mask (Image, mode
@@ -200,7 +210,7 @@ class SyntheticShapes:
         label_ids = {label: i for i, label in enumerate(self.labels)}
 
         def rows():
-            for ex in self.examples(split, num_examples):
+            for ex in self.examples(split, num_examples, progress=progress):
                 yield {
                     "image": ex.image,
                     "caption": ex.caption,

@@ -1,0 +1,59 @@
+"""`wukong demo` end to end at reduced size: trains through train(), evaluates, exports, reloads, draws."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from wukong_hf.cli import main
+from wukong_hf.demo import DemoResult, DemoSettings, format_summary
+
+
+def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2", "--train-size", "64", "--eval-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "zero-shot top-1" in printed and "word-patch alignment" in printed and str(out / "alignment.png") in printed
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["settings"]["steps"] == 2
+    assert summary["zero_shot"]["classes"] == 20 and summary["zero_shot"]["chance"] == pytest.approx(5.0)
+    assert 0 <= summary["zero_shot"]["top1"] <= 100
+    assert {"i2t_R@1", "t2i_R@1", "MR"} <= set(summary["retrieval"])
+    assert 0 <= summary["alignment"]["share_on_object"] <= 1
+    assert 0 < summary["alignment"]["object_area_fraction"] < 1
+    assert len(summary["pipeline"]) == 4
+    assert (out / "train" / "final" / "model.safetensors").is_file()
+    assert (out / "train" / "history.json").is_file()  # written by the real training loop
+    grid = Image.open(out / "alignment.png")
+    assert grid.size[0] > 4 * 64 * 3  # four panels at 4x
+    details = json.loads((out / "alignment.json").read_text(encoding="utf-8"))
+    assert len(details["images"]) == 8 and details["images"][0]["tokens"][0] == "[CLS]"
+
+
+def test_summary_of_a_global_run_says_why_alignment_is_skipped():
+    result = DemoResult(
+        settings={"similarity": "global", "steps": 1},
+        seconds={"total": 1.0, "train": 0.5},
+        zero_shot={"top1": 20.0, "chance": 5.0, "classes": 20, "held_out_only_top1": 50.0,
+                   "held_out_only_classes": 4, "held_out_only_chance": 25.0},
+        retrieval={"i2t_R@1": 10.0, "t2i_R@1": 12.0, "MR": 30.0},
+        pipeline=[{"true": "红色圆形", "predicted": "红色圆形", "score": 0.9}],
+        paths={"model": "m"},
+        final_loss=1.0,
+    )
+    text = format_summary(result)
+    assert "skipped: needs the token-wise head" in text and "4.0x" in text and "1/1 images right" in text
+
+
+def test_bad_demo_settings_explain_themselves():
+    with pytest.raises(ValueError, match="--similarity must be"):
+        DemoSettings(similarity="cosine").check()
+    with pytest.raises(ValueError, match="--steps must be at least 1"):
+        DemoSettings(steps=0).check()
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        DemoSettings(train_size=10).check()
+
+
+def test_demo_command_reports_bad_arguments(capsys):
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "--steps must be at least 1" in capsys.readouterr().err
