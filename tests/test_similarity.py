@@ -188,3 +188,19 @@ def test_global_similarity_is_dot_product():
     image, text = torch.randn(3, 4), torch.randn(5, 4)
     expected = torch.tensor([[float(sum(image[i, k] * text[j, k] for k in range(4))) for j in range(5)] for i in range(3)])
     torch.testing.assert_close(global_similarity(image, text), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_path_equals_autograd_path_values():
+    """Under no_grad (evaluation) the kernel takes maxima without indices; the scores must not change."""
+    g = torch.Generator().manual_seed(3)
+    image = F.normalize(torch.randn(5, 7, 8, generator=g), dim=-1)
+    text = F.normalize(torch.randn(6, 4, 8, generator=g), dim=-1)
+    image_mask = torch.rand(5, 7, generator=g) > 0.3
+    text_mask = torch.arange(4)[None] < torch.tensor([[1], [4], [2], [3], [4], [2]])
+    text_mask[2] = False  # an all-padding caption
+    with torch.no_grad():
+        fast = token_wise_similarity(image, text, image_mask, text_mask, image_block_size=2, text_block_size=4)
+    slow = token_wise_similarity(image.requires_grad_(), text, image_mask, text_mask, image_block_size=2, text_block_size=4)
+    assert slow[0].requires_grad and not fast[0].requires_grad
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)

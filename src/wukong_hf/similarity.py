@@ -82,49 +82,69 @@ def _tile_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.reshape(ib * n1, d) @ y.reshape(tb * n2, d).t()).view(ib, n1, tb, n2)
 
 
+def _token_wise_tiles(image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype, keep_indices):
+    """Both score matrices, tile by tile; with keep_indices also every max's winning token (for the backward).
+
+    Without keep_indices (inference, nothing needs a gradient) the maxima are taken with amax,
+    about 8x faster on CPU than max with indices, and no index tensor is allocated.
+    """
+    num_images, n1, _ = image_embeds.shape
+    num_texts, n2, _ = text_embeds.shape
+    device = image_embeds.device
+    image_count = image_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (I,)
+    text_count = text_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (T,)
+    image_valid, text_valid = image_mask.any(-1), text_mask.any(-1)
+    image_padded, text_padded = not bool(image_mask.all()), not bool(text_mask.all())
+    zero = torch.zeros((), dtype=compute_dtype, device=device)
+    i2t = torch.zeros(num_images, num_texts, dtype=compute_dtype, device=device)
+    t2i = torch.zeros(num_texts, num_images, dtype=compute_dtype, device=device)
+    best_text_token = best_image_token = None
+    if keep_indices:
+        best_text_token = torch.empty(num_images, n1, num_texts, dtype=_index_dtype(n2), device=device)
+        best_image_token = torch.empty(num_images, num_texts, n2, dtype=_index_dtype(n1), device=device)
+    for i0 in range(0, num_images, image_block):
+        i1 = min(i0 + image_block, num_images)
+        x = image_embeds[i0:i1].to(compute_dtype)
+        x_mask = image_mask[i0:i1]
+        for j0 in range(0, num_texts, text_block):
+            j1 = min(j0 + text_block, num_texts)
+            y_mask = text_mask[j0:j1]
+            scores = _tile_scores(x, text_embeds[j0:j1].to(compute_dtype))  # (Ib, n1, Tb, n2)
+            # The masks go in place, one after the other, so the tile is never copied: padded text
+            # tokens r never win a max over r and padded image tokens k never win one over k; the
+            # -inf rows they leave are zeroed by the torch.where calls below.
+            # text-to-image: max over the image's counted tokens, mean over the text's counted tokens
+            if image_padded:
+                scores.masked_fill_(~x_mask[:, :, None, None], float("-inf"))
+            if keep_indices:
+                best, arg = scores.max(dim=1)  # (Ib, Tb, n2)
+                best_image_token[i0:i1, j0:j1] = arg.to(best_image_token.dtype)
+            else:
+                best = scores.amax(dim=1)
+            best = torch.where(image_valid[i0:i1, None, None] & y_mask[None], best, zero)
+            t2i[j0:j1, i0:i1] = (best.sum(2) / text_count[None, j0:j1]).t()
+            # image-to-text: max over the text's counted tokens, mean over the image's counted tokens
+            if text_padded:
+                scores.masked_fill_(~y_mask[None, None], float("-inf"))
+            if keep_indices:
+                best, arg = scores.max(dim=3)  # (Ib, n1, Tb)
+                best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
+            else:
+                best = scores.amax(dim=3)
+            best = torch.where(x_mask[:, :, None] & text_valid[None, None, j0:j1], best, zero)
+            i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
+            del scores, best
+    return i2t, t2i, best_text_token, best_image_token
+
+
 class _TokenWiseSimilarity(torch.autograd.Function):
     """Tiled token-wise similarity; saves argmax indices instead of the 4-D score tensor."""
 
     @staticmethod
     def forward(ctx, image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype):
-        num_images, n1, _ = image_embeds.shape
-        num_texts, n2, _ = text_embeds.shape
-        device = image_embeds.device
-        image_count = image_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (I,)
-        text_count = text_mask.sum(-1).clamp(min=1).to(compute_dtype)  # (T,)
-        image_valid, text_valid = image_mask.any(-1), text_mask.any(-1)
-        image_padded, text_padded = not bool(image_mask.all()), not bool(text_mask.all())
-        zero = torch.zeros((), dtype=compute_dtype, device=device)
-        i2t = torch.zeros(num_images, num_texts, dtype=compute_dtype, device=device)
-        t2i = torch.zeros(num_texts, num_images, dtype=compute_dtype, device=device)
-        best_text_token = torch.empty(num_images, n1, num_texts, dtype=_index_dtype(n2), device=device)
-        best_image_token = torch.empty(num_images, num_texts, n2, dtype=_index_dtype(n1), device=device)
-        for i0 in range(0, num_images, image_block):
-            i1 = min(i0 + image_block, num_images)
-            x = image_embeds[i0:i1].to(compute_dtype)
-            x_mask = image_mask[i0:i1]
-            for j0 in range(0, num_texts, text_block):
-                j1 = min(j0 + text_block, num_texts)
-                y_mask = text_mask[j0:j1]
-                scores = _tile_scores(x, text_embeds[j0:j1].to(compute_dtype))  # (Ib, n1, Tb, n2)
-                # The masks go in place, one after the other, so the tile is never copied: padded text
-                # tokens r never win a max over r and padded image tokens k never win one over k; the
-                # -inf rows they leave are zeroed by the torch.where calls below.
-                # text-to-image: max over the image's counted tokens, mean over the text's counted tokens
-                if image_padded:
-                    scores.masked_fill_(~x_mask[:, :, None, None], float("-inf"))
-                best, arg = scores.max(dim=1)  # (Ib, Tb, n2)
-                best = torch.where(image_valid[i0:i1, None, None] & y_mask[None], best, zero)
-                t2i[j0:j1, i0:i1] = (best.sum(2) / text_count[None, j0:j1]).t()
-                best_image_token[i0:i1, j0:j1] = arg.to(best_image_token.dtype)
-                # image-to-text: max over the text's counted tokens, mean over the image's counted tokens
-                if text_padded:
-                    scores.masked_fill_(~y_mask[None, None], float("-inf"))
-                best, arg = scores.max(dim=3)  # (Ib, n1, Tb)
-                best = torch.where(x_mask[:, :, None] & text_valid[None, None, j0:j1], best, zero)
-                i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
-                best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
-                del scores, best, arg
+        i2t, t2i, best_text_token, best_image_token = _token_wise_tiles(
+            image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype, keep_indices=True
+        )
         ctx.save_for_backward(image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token)
         ctx.blocks = (image_block, text_block)
         ctx.compute_dtype = compute_dtype
@@ -253,6 +273,12 @@ def token_wise_similarity(
         image_embeds.shape[0], text_embeds.shape[0], image_embeds.shape[1], text_embeds.shape[1],
         image_block_size, text_block_size,
     )
+    if not (torch.is_grad_enabled() and (image_embeds.requires_grad or text_embeds.requires_grad)):
+        # Inference (evaluation, retrieval): no backward, so no argmax indices to keep.
+        i2t, t2i, _, _ = _token_wise_tiles(
+            image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, dtype, keep_indices=False
+        )
+        return i2t, t2i
     return _TokenWiseSimilarity.apply(image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, dtype)
 
 
