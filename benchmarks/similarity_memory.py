@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 D, TEXT_TOKENS = 256, 32
-MACHINE = "2-core CPU sandbox, no GPU (shared with other jobs: noisy)"
+MACHINE = "2-core CPU sandbox, no GPU"
 NAIVE_LIMIT_BYTES = 2.3e9  # one (b, b, n1, 32) fp32 tensor; autograd keeps several: skip beyond this on a 24 GiB box
 NAIVE_REPEAT_LIMIT_BYTES = 1.1e9  # above this the naive form runs once (half a minute or more a run)
 NAIVE_FP64_LIMIT_BYTES = 1.2e9  # check the float64 reference against the naive form in float64 up to this 4-D size
