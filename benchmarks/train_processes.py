@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-MACHINE = "2-core CPU sandbox, no GPU (shared: noisy)"
+MACHINE = "2-core CPU sandbox, no GPU"
 GLOBAL_BATCH, WARMUP, REPEATS = 32, 1, 5
 HERE = Path(__file__).resolve().parent
 

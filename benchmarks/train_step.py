@@ -4,6 +4,7 @@ as the first argument). Under 2 minutes on an idle machine.
 
 One vs two processes: benchmarks/train_processes.py."""
 
+import argparse
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from wukong_hf import WukongModel, WukongProcessor, preset_config
 from wukong_hf.losses import ContrastiveLoss
 from wukong_hf.training.step import DualEncoderStep, train_step
 
-MACHINE = "2-core CPU sandbox, no GPU (shared: noisy)"
+MACHINE = "2-core CPU sandbox, no GPU"
 # An image tower that dominates the cost: ViT width 192, depth 6, patch 8 at 96 px (144 patches).
 VISION = {"model_type": "timm_wrapper", "architecture": "vit_base_patch32_clip_quickgelu_224", "do_pooling": False,
           "model_args": {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 8, "img_size": 96}}
@@ -48,6 +49,9 @@ def measure(similarity: str, locked: bool, batch: int, accumulation: int, repeat
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Step time of locked vs unlocked, global vs token-wise, and accumulation.")
+    parser.add_argument("out", nargs="?", default=str(Path(__file__).parent / "results" / "train_step.json"), help="JSON to write")
+    out = Path(parser.parse_args().out)
     torch.set_num_threads(2)
     rows = [measure("global", True, 32, 1), measure("global", False, 32, 1), measure("token_wise", True, 32, 1),
             measure("token_wise", False, 32, 1), measure("global", True, 16, 2), measure("global", False, 16, 2)]
@@ -56,7 +60,6 @@ def main() -> None:
     for r in rows:
         print(f"{r['similarity']:11s} {r['image_tower']:9s} {r['micro_batch']:3d} {r['accumulation']:2d} "
               f"{r['step_s']:8.3f} {r['samples_per_s']:10.1f}")
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results" / "train_step.json"
     out.write_text(json.dumps({"machine": MACHINE, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
                                "rows": rows}, indent=1))
 
