@@ -5,8 +5,8 @@ run_demo: synthetic Chinese shapes set -> wukong_hf.training.train (the real loo
 retrieval (wukong_hf.evaluation) -> transformers zero-shot pipeline on a few images -> word-patch
 alignment pictures and the share of label-token patches on the object. CPU, no download.
 
-    wukong demo --out demo-run                       # about 1-3 minutes on 2 CPU cores
-    wukong visualize --model demo-run/train/final --image cat.png --label 猫
+    wukong demo                                      # writes wukong-demo/; about 75 s on 2 quiet CPU cores
+    wukong visualize --model wukong-demo/train/final --image cat.png --label 猫
 """
 
 from __future__ import annotations
