@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import huggingface_hub.constants
 import pytest
 import torch
 from conftest import make_tiny, random_images
@@ -93,7 +94,9 @@ def test_saved_folder_loads_by_repo_id_from_an_offline_hub_cache(tmp_path, monke
     shutil.copytree(folder, snapshot)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
+    # huggingface_hub reads HF_HUB_OFFLINE at import: set the constant too, so nothing can reach the Hub.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     loaded = AutoModel.from_pretrained("wukong-org/wukong-tiny", cache_dir=str(cache))
     loaded_processor = AutoProcessor.from_pretrained("wukong-org/wukong-tiny", cache_dir=str(cache))

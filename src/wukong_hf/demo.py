@@ -249,14 +249,15 @@ def _alignment_report(model, processor, examples, out: Path, settings: DemoSetti
     titles = [f"#{i} on object {r['share_on_object'] or 0:.0%}" for i, r in enumerate(rows[:count])]
     png = out / "alignment.png"
     alignment_grid(panels, titles).save(png)
+    pixels = sum(e.mask.size for e in examples)
     summary = {
         "images": len(examples),
         "share_on_object": on_object / highlighted if highlighted else 0.0,
         "object_area_fraction": area / len(examples),
-        "highlighted_fraction": highlighted / sum(e.mask.size for e in examples),
+        "highlighted_fraction": highlighted / pixels,
         # Which label character carries the alignment: e.g. the colour character vs the generic "色".
         "share_on_object_by_label_position": {
-            str(k): {"share_on_object": v[0] / v[1] if v[1] else None, "highlighted_fraction": v[1] / sum(e.mask.size for e in examples)}
+            str(k): {"share_on_object": v[0] / v[1] if v[1] else None, "highlighted_fraction": v[1] / pixels}
             for k, v in sorted(by_position.items())
         },
         "legend_first_image": alignments[0].legend() if alignments else "",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .features import ImageLoader, open_rgb
 
-__all__ = ["LabelledImages", "image_folder_images", "imagenet_val_images", "hf_dataset_images"]
+__all__ = ["LabelledImages", "image_folder_images", "imagenet_val_images", "dataset_images", "hf_dataset_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -90,20 +90,20 @@ def _decode_dataset_image(dataset, row: int, column: str):
     return value.convert("RGB")
 
 
-def hf_dataset_images(
-    path: str, split: str = "test", image_column: str = "image", label_column: str = "label", name: str | None = None
+def dataset_images(
+    dataset, image_column: str = "image", label_column: str = "label", split: str = "test", source: str = "Dataset"
 ) -> LabelledImages:
-    """A `datasets` dataset (local folder or Hub id) with an image column and an integer label column.
+    """A loaded `datasets.Dataset` with an image column and an integer label column.
 
-    Class names come from the label column's ClassLabel names when it has them.
+    Class names come from the label column's ClassLabel names when it has them. source: how
+    error messages name the dataset.
     """
     import datasets
 
-    dataset = datasets.load_dataset(path, name=name, split=split)
     for column in (image_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(
-                f"Dataset {path} split {split} has no column {column!r} (columns: {dataset.column_names}); "
+                f"{source} split {split} has no column {column!r} (columns: {dataset.column_names}); "
                 "pass --image-column / --label-column."
             )
     feature = dataset.features[label_column]
@@ -118,3 +118,13 @@ def hf_dataset_images(
         [f"{split}[{i}]" for i in range(len(dataset))],
         classes,
     )
+
+
+def hf_dataset_images(
+    path: str, split: str = "test", image_column: str = "image", label_column: str = "label", name: str | None = None
+) -> LabelledImages:
+    """A `datasets` dataset (local folder or Hub id) with an image column and an integer label column."""
+    import datasets
+
+    dataset = datasets.load_dataset(path, name=name, split=split)
+    return dataset_images(dataset, image_column, label_column, split, source=f"Dataset {path}")

@@ -7,18 +7,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["model_index_entries", "zero_shot_table", "retrieval_table", "write_report"]
+__all__ = ["model_index_entry", "model_index_entries", "zero_shot_table", "retrieval_table", "write_report"]
 
 
-def _entry(task_type: str, task_name: str, dataset: str, split: str, metric: str, value: float) -> dict:
-    # Field names of huggingface_hub.EvalResult, read by the Hub card code (issue 7).
+def model_index_entry(
+    task_type: str, task_name: str, dataset: str, split: str, metric: str, value: float, metric_type: str | None = None
+) -> dict:
+    """One measured result in the field names of huggingface_hub.EvalResult, read by the Hub card code.
+
+    metric_type: defaults to a slug of the metric name.
+    """
     return {
         "task_type": task_type,
         "task_name": task_name,
         "dataset_name": dataset,
         "dataset_type": dataset,
         "dataset_split": split,
-        "metric_type": metric.lower().replace("@", "_at_").replace(" ", "_"),
+        "metric_type": metric_type or metric.lower().replace("@", "_at_").replace(" ", "_"),
         "metric_name": metric,
         "metric_value": round(float(value), 4),
         "source": "measured",
@@ -36,12 +41,12 @@ def model_index_entries(result: dict) -> list[dict]:
                 continue
             label = "single prompt" if setting == "single_prompt" else f"{result['num_templates']}-prompt ensemble"
             for key, name in (("top1", "top-1 accuracy"), ("top5", "top-5 accuracy"), ("mean_per_class_recall", "mean per-class recall")):
-                entries.append(_entry(*task, result["dataset"], result["split"], f"{name} ({label})", metrics[key]))
+                entries.append(model_index_entry(*task, result["dataset"], result["split"], f"{name} ({label})", metrics[key]))
     else:
         task = ("image-text-retrieval", "Image-text retrieval")
         for key, value in result["metrics"].items():
             name = key.replace("i2t_", "image-to-text ").replace("t2i_", "text-to-image ").replace("MR", "mean recall")
-            entries.append(_entry(*task, result["dataset"], result["split"], name, value))
+            entries.append(model_index_entry(*task, result["dataset"], result["split"], name, value))
     return entries
 
 

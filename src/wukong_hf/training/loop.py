@@ -8,7 +8,6 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -100,20 +99,11 @@ def _check_columns(dataset, columns: list[str], section: str) -> None:
 def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> float:
     """Top-1 zero-shot accuracy (percent) on eval_dataset (image + label columns) with the configured
     class names and templates, through wukong_hf.evaluation.zero_shot_classification."""
-    from ..evaluation.image_sources import LabelledImages
+    from ..evaluation.image_sources import dataset_images
     from ..evaluation.zero_shot import zero_shot_classification
 
     e = config.eval
-    column = e.image_column
-
-    def load(i: int):
-        return eval_dataset[i][column].convert("RGB")
-
-    images = LabelledImages(
-        loaders=[partial(load, i) for i in range(len(eval_dataset))],
-        labels=[int(v) for v in eval_dataset[e.label_column]],
-        ids=[str(i) for i in range(len(eval_dataset))],
-    )
+    images = dataset_images(eval_dataset, e.image_column, e.label_column, e.split)
     was_training = model.training
     model.eval()
     report = zero_shot_classification(model, processor, images, e.class_names, e.templates, batch_size=e.batch_size)
@@ -188,12 +178,13 @@ def _flat_hparams(config: TrainConfig) -> dict:
 
 def _write_validation_results(config: TrainConfig, accuracy: float, out: Path) -> str:
     """validation_results.json with a "model_index" entry (the Hub card's format) for the final model."""
+    from ..evaluation.report import model_index_entry
+
     e = config.eval
     name = e.dataset or "validation set"
     label = f"top-1 accuracy ({len(e.templates)}-prompt {'ensemble' if len(e.templates) > 1 else 'single prompt'})"
-    entry = {"task_type": "zero-shot-image-classification", "task_name": "Zero-shot image classification",
-             "dataset_name": name, "dataset_type": name, "dataset_split": e.split, "metric_type": "accuracy",
-             "metric_name": label, "metric_value": round(float(accuracy), 4), "source": "measured"}
+    entry = model_index_entry("zero-shot-image-classification", "Zero-shot image classification", name, e.split, label,
+                              accuracy, metric_type="accuracy")
     path = out / "validation_results.json"
     path.write_text(json.dumps({"model_index": [entry]}, indent=1, ensure_ascii=False), encoding="utf-8")
     return str(path)
