@@ -12,6 +12,11 @@ import torch
 __all__ = ["PairBatches", "StreamingPairBatches", "ShardPairBatches", "collate_pairs"]
 
 
+def _pair_seed(seed: int, group: int, index: int) -> int:
+    """Augmentation seed of a pair: (run seed, epoch or rank stream, index within it)."""
+    return (seed * 100_003 + group) * 1_000_003 + index
+
+
 def _augmented(augmentation, image, seed: int):
     # Seeded per pair, outside the global RNG: the same pair gets the same augmentation whatever the
     # number of processes or workers, and after a resume; dropout's RNG stream is left untouched.
@@ -98,7 +103,7 @@ class PairBatches(torch.utils.data.Dataset):
         epoch = step // self.steps_per_epoch
         for idx in self.indices(step):
             rows = [dict(self.dataset[i], __index__=i) for i in idx]
-            seeds = [(self.seed * 100_003 + epoch) * 1_000_003 + i for i in idx]  # a pair's seed: (seed, epoch, index)
+            seeds = [_pair_seed(self.seed, epoch, i) for i in idx]
             micro.append(collate_pairs(rows, self.processor, self.image_column, self.caption_column, self.augmentation,
                                        seeds))
         return micro
@@ -117,7 +122,7 @@ class StreamingPairBatches(torch.utils.data.IterableDataset):
         per_step = micro_batch * accumulation
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world_size).skip(start_step * per_step)
         # Augmentation seed of the n-th pair of this rank's stream (the same after a resume).
-        self.first_seed = ((seed * 100_003 + rank) * 1_000_003) + start_step * per_step
+        self.first_seed = _pair_seed(seed, rank, start_step * per_step)
         self.processor, self.micro_batch, self.accumulation = processor, micro_batch, accumulation
         self.image_column, self.caption_column, self.augmentation = image_column, caption_column, augmentation
 
