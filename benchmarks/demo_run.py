@@ -1,11 +1,14 @@
-"""The full `wukong demo` at its default size: wall time and the numbers the issue targets.
+"""The full `wukong demo` at its default size, over several seeds: wall time and the numbers the issue targets.
 
-    python benchmarks/demo_run.py [--out DIR]
+    python benchmarks/demo_run.py [--seeds 0 1 2 3 4] [--out DIR]
 
-Runs `wukong demo` in a subprocess (so import and start-up count), then checks the targets:
-zero-shot top-1 on held-out colour-shape combinations >= 3x chance, the share of label-token patch
-area on the object above the object's area fraction, total under 5 minutes. Writes
-benchmarks/results/demo_run.json. Takes the demo's own time (1-5 minutes on 2 cores).
+Runs `wukong demo --seed S` in a subprocess per seed (so import and start-up count), then checks the
+targets on each: zero-shot top-1 on held-out colour-shape combinations >= 3x chance, the share of
+label-token patch area on the object against the object's area fraction, total under 5 minutes.
+Several seeds, because the alignment share is not stable across them: each background colour's
+patches take either [CLS]/[SEP] or one label token as their best token, a choice the training loss
+does not make (see the README's Demo section). Writes benchmarks/results/demo_run.json.
+About 75 s per seed on 2 quiet cores.
 """
 
 import argparse
@@ -17,49 +20,73 @@ import tempfile
 import time
 from pathlib import Path
 
-MACHINE = "2-core CPU sandbox, no GPU (shared with other jobs: noisy)"
+MACHINE = "2-core CPU sandbox, no GPU"
+
+
+def run_seed(seed: int, out: Path) -> dict:
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "wukong_hf.cli", "demo", "--out", str(out), "--seed", str(seed)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    z, r, a = summary["zero_shot"], summary["retrieval"], summary["alignment"]
+    return {
+        "seed": seed,
+        "load_average_before": round(load_before, 2),
+        "wall_seconds": round(wall, 1),
+        "demo_seconds": summary["seconds"],
+        "final_loss": round(summary["final_loss"], 4),
+        "zero_shot_top1": round(z["top1"], 2),
+        "zero_shot_x_chance": round(z["top1"] / z["chance"], 2),
+        "zero_shot_top1_single_prompt": round(z["top1_single_prompt"], 2),
+        "held_out_only_top1": round(z["held_out_only_top1"], 2),
+        "retrieval": {k: round(v, 2) for k, v in r.items()},
+        "alignment_share_on_object": round(a["share_on_object"], 4),
+        "object_area_fraction": round(a["object_area_fraction"], 4),
+        "alignment_x_area": round(a["share_on_object"] / a["object_area_fraction"], 2),
+        "colour_character_share_on_object": round(a["share_on_object_by_label_position"]["1"]["share_on_object"], 4),
+        "background_patch_tokens": a["background_patch_tokens"],
+        "pipeline_right": sum(p["true"] == p["predicted"] for p in summary["pipeline"]),
+        "targets": {
+            "zero_shot_at_least_3x_chance": z["top1"] >= 3 * z["chance"],
+            "alignment_share_above_area": a["share_on_object"] > a["object_area_fraction"],
+            "alignment_share_at_least_2x_area": a["share_on_object"] >= 2 * a["object_area_fraction"],
+            "under_5_minutes": wall < 300,
+        },
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="demo output folder (default: a temporary folder)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--out", help="folder for the demo outputs, one subfolder per seed (default: temporary)")
     args = parser.parse_args()
-    out = Path(args.out or tempfile.mkdtemp(prefix="wukong-demo-"))
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "wukong_hf.cli", "demo", "--out", str(out)], check=True)
-    wall = time.perf_counter() - started
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    z, r, a = summary["zero_shot"], summary["retrieval"], summary["alignment"]
+    root = Path(args.out or tempfile.mkdtemp(prefix="wukong-demo-"))
+    runs = []
+    for seed in args.seeds:
+        runs.append(run_seed(seed, root / f"seed{seed}"))
+        run = runs[-1]
+        print(f"seed {seed}: {run['wall_seconds']:.0f} s, zero-shot {run['zero_shot_top1']:.1f}% "
+              f"({run['zero_shot_x_chance']:.1f}x chance), alignment {run['alignment_share_on_object']:.1%} on object "
+              f"vs {run['object_area_fraction']:.1%} area ({run['alignment_x_area']:.1f}x), colour character "
+              f"{run['colour_character_share_on_object']:.0%}, background {run['background_patch_tokens']}", flush=True)
     result = {
         "machine": MACHINE,
         "cpu_count": os.cpu_count(),
-        "load_average_before": round(load_before, 2),
         "load_average_after": round(os.getloadavg()[0], 2),
-        "settings": summary["settings"],
-        "wall_seconds": round(wall, 1),
-        "demo_seconds": summary["seconds"],
-        "final_loss": summary["final_loss"],
-        "zero_shot_top1": round(z["top1"], 2),
-        "zero_shot_chance": z["chance"],
-        "zero_shot_x_chance": round(z["top1"] / z["chance"], 2),
-        "zero_shot_top1_single_prompt": round(z["top1_single_prompt"], 2),
-        "held_out_only_top1": round(z["held_out_only_top1"], 2),
-        "held_out_only_chance": z["held_out_only_chance"],
-        "retrieval": {k: round(v, 2) for k, v in r.items()},
-        "alignment_share_on_object": round(a["share_on_object"], 4),
-        "object_area_fraction": round(a["object_area_fraction"], 4),
-        "alignment_by_label_position": a.get("share_on_object_by_label_position"),
-        "pipeline": summary["pipeline"],
-        "targets": {
-            "zero_shot_at_least_3x_chance": z["top1"] >= 3 * z["chance"],
-            "alignment_share_above_area": a["share_on_object"] > a["object_area_fraction"],
-            "under_5_minutes": wall < 300,
+        "seeds": args.seeds,
+        "all_seeds": {
+            "zero_shot_at_least_3x_chance": sum(r["targets"]["zero_shot_at_least_3x_chance"] for r in runs),
+            "alignment_share_at_least_2x_area": sum(r["targets"]["alignment_share_at_least_2x_area"] for r in runs),
+            "under_5_minutes": sum(r["targets"]["under_5_minutes"] for r in runs),
+            "max_wall_seconds": max(r["wall_seconds"] for r in runs),
         },
+        "runs": runs,
     }
-    print(json.dumps(result, indent=1, ensure_ascii=False))
     target = Path(__file__).parent / "results" / "demo_run.json"
     target.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps(result["all_seeds"], indent=1))
     print(f"wrote {target}")
     return 0
 

@@ -21,6 +21,12 @@ def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
     assert {"i2t_R@1", "t2i_R@1", "MR"} <= set(summary["retrieval"])
     assert 0 <= summary["alignment"]["share_on_object"] <= 1
     assert 0 < summary["alignment"]["object_area_fraction"] < 1
+    backgrounds = summary["alignment"]["background_patch_tokens"]
+    assert backgrounds and set(backgrounds) <= {"白", "黑", "灰", "棕"}
+    for roles in backgrounds.values():
+        assert sum(roles.values()) == pytest.approx(1.0, abs=1e-3)
+        assert set(roles) <= {"[CLS]", "[SEP]"} | {f"label {k}" for k in range(1, 6)}
+    assert "background patches" in printed
     assert len(summary["pipeline"]) == 4
     assert (out / "train" / "final" / "model.safetensors").is_file()
     assert (out / "train" / "history.json").is_file()  # written by the real training loop

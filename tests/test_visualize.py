@@ -10,9 +10,11 @@ from wukong_hf.cli import main
 from wukong_hf.visualize import (
     WordPatchAlignment,
     alignment_grid,
+    background_tokens,
     draw_alignment,
     highlight_mask,
     mask_share,
+    token_role,
     word_patch_alignment,
     word_patch_alignments,
 )
@@ -142,3 +144,17 @@ def test_visualize_command_errors(tiny_global, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not an image")
     assert main(["visualize", "--model", str(folder), "--image", str(tmp_path / "broken.png"), "--label", "猫"]) == 2
     assert "Cannot read" in capsys.readouterr().err
+
+
+def test_background_tokens_count_patches_without_object_pixels_by_role():
+    # 2x2 patches over an 8x8 image; the object covers the top-left cell and one pixel of the top-right.
+    alignment = WordPatchAlignment(["[CLS]", "红", "色", "[SEP]"], [1, 2], torch.tensor([[1, 2], [3, 2]]),
+                                   torch.zeros(2, 2, 4), (0, 0, 8, 8), (8, 8))
+    mask = np.zeros((8, 8), bool)
+    mask[:4, :4] = True
+    mask[0, 4] = True
+    # Background patches: bottom-left ([SEP]) and bottom-right (label piece 2); the top-right one touches the object.
+    assert background_tokens(alignment, mask) == {"[SEP]": 1, "label 2": 1}
+    assert [token_role(alignment, i) for i in range(4)] == ["[CLS]", "label 1", "label 2", "[SEP]"]
+    with pytest.raises(ValueError, match="object_mask has shape"):
+        background_tokens(alignment, np.zeros((4, 4), bool))

@@ -220,11 +220,12 @@ def _alignment_report(model, processor, examples, out: Path, settings: DemoSetti
     """Alignment of every held-out image with its label; PNG grid of the first few; JSON of all."""
     from tqdm.auto import tqdm
 
-    from .visualize import alignment_grid, draw_alignment, mask_share, word_patch_alignments
+    from .visualize import alignment_grid, background_tokens, draw_alignment, mask_share, word_patch_alignments
 
     on_object = highlighted = 0
     area = 0.0
     by_position: dict[int, list[int]] = {}  # label token position (1 = first character) -> [on object, highlighted]
+    by_background: dict[str, dict[str, int]] = {}  # background name -> token role -> background patches
     rows = []
     alignments = []
     batch = 64
@@ -239,6 +240,9 @@ def _alignment_report(model, processor, examples, out: Path, settings: DemoSetti
                 token_inside, token_total = mask_share(alignment, example.mask, [token])
                 counts[0], counts[1] = counts[0] + token_inside, counts[1] + token_total
             on_object, highlighted, area = on_object + inside, highlighted + total, area + float(example.mask.mean())
+            roles = by_background.setdefault(example.background, {})
+            for role, n in background_tokens(alignment, example.mask).items():
+                roles[role] = roles.get(role, 0) + n
             rows.append({"label": example.label, "tokens": alignment.tokens,
                          "token_index": alignment.token_index.tolist(),
                          "share_on_object": inside / total if total else None,
@@ -260,11 +264,19 @@ def _alignment_report(model, processor, examples, out: Path, settings: DemoSetti
             str(k): {"share_on_object": v[0] / v[1] if v[1] else None, "highlighted_fraction": v[1] / pixels}
             for k, v in sorted(by_position.items())
         },
+        # Which token background patches (no object pixel) take, per background: [CLS]/[SEP] is the
+        # picture Figure 4 shows; a label role is a background patch highlighted as the object.
+        "background_patch_tokens": {name: _shares(roles) for name, roles in sorted(by_background.items())},
         "legend_first_image": alignments[0].legend() if alignments else "",
     }
     json_path = out / "alignment.json"
     json_path.write_text(json.dumps({"summary": summary, "images": rows}, ensure_ascii=False), encoding="utf-8")
     return summary, str(png), str(json_path)
+
+
+def _shares(counts: dict[str, int]) -> dict[str, float]:
+    total = sum(counts.values())
+    return {k: round(v / total, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
 
 
 def format_summary(result: DemoResult) -> str:
@@ -290,6 +302,11 @@ def format_summary(result: DemoResult) -> str:
                  for k, v in positions.items() if v["share_on_object"] is not None]
         if parts:
             lines.append(f"    by label character    {'; '.join(parts)}")
+        backgrounds = a.get("background_patch_tokens", {})
+        parts = [f"{name}: " + ", ".join(f"{role} {share:.0%}" for role, share in list(roles.items())[:2] if share >= 0.01)
+                 for name, roles in backgrounds.items()]
+        if parts:
+            lines.append(f"    background patches    {'; '.join(parts)}")
     else:
         lines.append("  word-patch alignment    skipped: needs the token-wise head (--similarity token_wise)")
     hits = sum(p["true"] == p["predicted"] for p in result.pipeline)

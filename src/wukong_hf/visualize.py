@@ -20,6 +20,8 @@ __all__ = [
     "word_patch_alignments",
     "highlight_mask",
     "mask_share",
+    "background_tokens",
+    "token_role",
     "draw_alignment",
     "alignment_grid",
 ]
@@ -180,6 +182,33 @@ def mask_share(alignment: WordPatchAlignment, object_mask: np.ndarray, tokens: l
     if object_mask.shape != highlight.shape:
         raise ValueError(f"object_mask has shape {object_mask.shape}, the image is {highlight.shape} (height, width).")
     return int((highlight & object_mask).sum()), int(highlight.sum())
+
+
+def token_role(alignment: WordPatchAlignment, index: int) -> str:
+    """"[CLS]", "[SEP]" or "label k" (k = 1 for the label's first piece) for a token index."""
+    if index == 0:
+        return "[CLS]"
+    if index == len(alignment.tokens) - 1:
+        return "[SEP]"
+    return f"label {index}"
+
+
+def background_tokens(alignment: WordPatchAlignment, object_mask: np.ndarray) -> dict[str, int]:
+    """How many background patches (no object pixel inside) take each token role as their best token.
+
+    Roles as in token_role. Figure 4 looks right when background patches take [CLS] or [SEP];
+    a label role here is what pulls the alignment share down.
+    """
+    width, height = alignment.image_size
+    if object_mask.shape != (height, width):
+        raise ValueError(f"object_mask has shape {object_mask.shape}, the image is {(height, width)} (height, width).")
+    counts: dict[str, int] = {}
+    for r, c, (x0, y0, x1, y1) in _cells(alignment):
+        cell = object_mask[max(0, round(y0)):round(y1), max(0, round(x0)):round(x1)]
+        if cell.size and not cell.any():
+            role = token_role(alignment, int(alignment.token_index[r, c]))
+            counts[role] = counts.get(role, 0) + 1
+    return counts
 
 
 def _font(size: int):
