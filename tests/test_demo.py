@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from wukong_hf.cli import main
-from wukong_hf.demo import DemoResult, DemoSettings, format_summary
+from wukong_hf.data.synthetic import SyntheticShapes
+from wukong_hf.demo import DemoResult, DemoSettings, _retrieval_set, format_summary
 
 
 def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
@@ -63,3 +64,21 @@ def test_bad_demo_settings_explain_themselves():
 def test_demo_command_reports_bad_arguments(capsys):
     assert main(["demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_retrieval_truth_follows_what_each_caption_names():
+    examples = SyntheticShapes(image_size=32, seed=0).examples("held_out", 60)
+    retrieval = _retrieval_set(examples, "synthetic-shapes")
+    named = [i for i, e in enumerate(examples) if e.names_background]
+    unnamed = [i for i, e in enumerate(examples) if not e.names_background]
+    assert named and unnamed
+    for t, caption in enumerate(examples):
+        described = set(retrieval.text_images[t])
+        assert t in described  # a caption always describes its own image
+        for i, image in enumerate(examples):
+            same_object = (image.colour, image.shape) == (caption.colour, caption.shape)
+            same_background = image.background == caption.background
+            # "一个红色圆形" fits a red circle on any background; "白底上的一个红色圆形" only on white.
+            assert (i in described) == (same_object and (same_background or not caption.names_background))
+    # Some caption without a background describes images on more than one background.
+    assert any(len({examples[i].background for i in retrieval.text_images[t]}) > 1 for t in unnamed)

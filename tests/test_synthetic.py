@@ -33,7 +33,7 @@ def test_captions_match_pixels(split):
         assert ex.colour in ex.caption and ex.shape in ex.caption
         # The background is named whenever the phrasing speaks of one, and then correctly.
         mentions_background = "背景" in ex.caption or "底" in ex.caption
-        assert mentions_background == (ex.background in ex.caption)
+        assert mentions_background == (ex.background in ex.caption) == ex.names_background
         assert ex.label == ex.colour + ex.shape
 
 
@@ -86,6 +86,7 @@ def test_to_dataset_columns():
     row = ds[0]
     ex = gen.example("held_out", 0)
     assert row["caption"] == ex.caption
+    assert row["names_background"] == ex.names_background
     assert ds.features["label"].names[row["label"]] == ex.label
     assert row["image"].size == (32, 32)
     assert np.array_equal(np.asarray(row["mask"]) > 0, ex.mask)

@@ -79,14 +79,16 @@ def _png_bytes(image) -> bytes:
 
 
 def _retrieval_set(examples, name: str):
-    """Captions of `examples` as a RetrievalSet; a caption describes every image with the same
-    colour, shape and background (position and size are not in the words)."""
+    """Captions of `examples` as a RetrievalSet. A caption describes every image with its colour and
+    shape and, if it names one, its background ("一个红色圆形" fits a red circle on any background);
+    position and size are not in the words."""
     from .evaluation.retrieval_sets import RetrievalSet
 
-    content = [(e.colour, e.shape, e.background) for e in examples]
-    by_content: dict[tuple, list[int]] = {}
-    for i, key in enumerate(content):
-        by_content.setdefault(key, []).append(i)
+    def describes(caption_of, image) -> bool:
+        return (caption_of.colour, caption_of.shape) == (image.colour, image.shape) and (
+            not caption_of.names_background or caption_of.background == image.background
+        )
+
     encoded = [_png_bytes(e.image) for e in examples]
     return RetrievalSet(
         name=name,
@@ -95,7 +97,7 @@ def _retrieval_set(examples, name: str):
         image_bytes=[partial(bytes, b) for b in encoded],
         text_ids=[str(i) for i in range(len(examples))],
         texts=[e.caption for e in examples],
-        text_images=[by_content[key] for key in content],
+        text_images=[[i for i, image in enumerate(examples) if describes(e, image)] for e in examples],
     )
 
 

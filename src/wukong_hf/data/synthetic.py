@@ -68,7 +68,8 @@ class SyntheticExample:
     """One generated example.
 
     image: RGB PIL image (S, S). mask: (S, S) bool numpy array, True on the object's pixels.
-    label: colour + shape ("红色圆形"); caption: a full Chinese sentence naming object and background.
+    label: colour + shape ("红色圆形"); caption: a Chinese sentence naming the object and, when
+    names_background is True, the background.
     """
 
     image: Image.Image
@@ -78,6 +79,7 @@ class SyntheticExample:
     colour: str
     shape: str
     background: str
+    names_background: bool = True
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
@@ -177,6 +179,7 @@ class SyntheticShapes:
             colour=colour,
             shape=shape,
             background=str(background),
+            names_background="{background}" in template,
         )
 
     def examples(self, split: str, num_examples: int, progress: bool = False) -> list[SyntheticExample]:
@@ -192,7 +195,8 @@ class SyntheticShapes:
         """A datasets.Dataset of the first `num_examples` examples of `split`.
 
         Columns: image (Image), caption (str), label (ClassLabel over `labels`), mask (Image, mode
-        "L", 255 on the object), colour, shape, background (str).
+        "L", 255 on the object), colour, shape, background (str), names_background (bool: whether
+        the caption names the background).
         """
         import datasets
 
@@ -205,6 +209,7 @@ class SyntheticShapes:
                 "colour": datasets.Value("string"),
                 "shape": datasets.Value("string"),
                 "background": datasets.Value("string"),
+                "names_background": datasets.Value("bool"),
             }
         )
         label_ids = {label: i for i, label in enumerate(self.labels)}
@@ -219,6 +224,7 @@ class SyntheticShapes:
                     "colour": ex.colour,
                     "shape": ex.shape,
                     "background": ex.background,
+                    "names_background": ex.names_background,
                 }
 
         return datasets.Dataset.from_list(list(rows()), features=features)
