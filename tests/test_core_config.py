@@ -95,3 +95,42 @@ def test_image_size_must_agree_with_the_tower():
 def test_token_reduction_needs_divisible_groups():
     with pytest.raises(ValueError, match="divisible by token_reduction_groups"):
         preset_config("tiny-reduced", token_reduction_groups=5)
+
+
+def test_demo_preset_tokens_carry_no_position_and_round_trip(tmp_path):
+    # The demo's image tower has no attention blocks and no position embedding: changing one 8x8
+    # patch changes that patch's token and no other, and two patches with the same pixels get the
+    # same token wherever they are. Its text tower has no position embeddings either: a character
+    # gets the same token embedding wherever it stands. Both survive save / reload, frozen at zero.
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    model = WukongModel(preset_config("demo-token-wise")).eval()
+    pixels = torch.randn(1, 3, 64, 64)
+    pixels[..., 8:16, 8:16] = pixels[..., 40:48, 24:32]  # patch (1, 1) copies patch (5, 3)
+    changed = pixels.clone()
+    changed[..., 16:24, 32:40] += 1.0  # patch (2, 4)
+    with torch.no_grad():
+        before = model.encode_image(pixels).token_embeds[0].view(8, 8, -1)
+        after = model.encode_image(changed).token_embeds[0].view(8, 8, -1)
+    moved = (after - before).abs().amax(-1) > 1e-6
+    assert moved[2, 4] and moved.sum() == 1
+    torch.testing.assert_close(before[1, 1], before[5, 3])
+
+    ab, ba = torch.tensor([[101, 5273, 676, 102]]), torch.tensor([[101, 676, 5273, 102]])
+    with torch.no_grad():
+        ab_tokens, ba_tokens = model.encode_text(ab).token_embeds[0], model.encode_text(ba).token_embeds[0]
+    torch.testing.assert_close(ab_tokens[1], ba_tokens[2])  # the same character, other place
+    torch.testing.assert_close(ab_tokens[0], ba_tokens[0])  # [CLS] sees the same bag of characters
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    positions = reloaded.text_model.embeddings.position_embeddings.weight
+    assert not positions.requires_grad and not positions.any()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval().encode_text(ab).token_embeds, model.encode_text(ab).token_embeds)
+
+
+def test_text_positions_can_only_be_dropped_from_a_bert_tower():
+    with pytest.raises(ValueError, match="needs a BERT text tower.*clip_text_model"):
+        preset_config("wukong-vit-b-32", text_position_embeddings=False)

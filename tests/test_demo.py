@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from wukong_hf.cli import main
-from wukong_hf.data.synthetic import SyntheticShapes
+from wukong_hf.data.synthetic import BACKGROUND_COLOURS, SyntheticShapes
 from wukong_hf.demo import DemoResult, DemoSettings, _retrieval_set, format_summary
 
 
@@ -23,13 +23,18 @@ def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
     assert 0 <= summary["alignment"]["share_on_object"] <= 1
     assert 0 < summary["alignment"]["object_area_fraction"] < 1
     backgrounds = summary["alignment"]["background_patch_tokens"]
-    assert backgrounds and set(backgrounds) <= {"白", "黑", "灰", "棕"}
+    assert backgrounds and set(backgrounds) <= set(BACKGROUND_COLOURS)
     for roles in backgrounds.values():
         assert sum(roles.values()) == pytest.approx(1.0, abs=1e-3)
         assert set(roles) <= {"[CLS]", "[SEP]"} | {f"label {k}" for k in range(1, 6)}
     assert "background patches" in printed
     assert len(summary["pipeline"]) == 4
     assert (out / "train" / "final" / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "train" / "final" / "model.safetensors"), "pt") as weights:
+        # The real training loop left the frozen text positions at zero (text_position_embeddings=False).
+        assert not weights.get_tensor("text_model.embeddings.position_embeddings.weight").any()
     assert (out / "train" / "history.json").is_file()  # written by the real training loop
     grid = Image.open(out / "alignment.png")
     assert grid.size[0] > 4 * 64 * 3  # four panels at 4x
@@ -44,7 +49,7 @@ def test_summary_of_a_global_run_says_why_alignment_is_skipped():
         zero_shot={"top1": 20.0, "chance": 5.0, "classes": 20, "held_out_only_top1": 50.0,
                    "held_out_only_classes": 4, "held_out_only_chance": 25.0},
         retrieval={"i2t_R@1": 10.0, "t2i_R@1": 12.0, "MR": 30.0},
-        pipeline=[{"true": "红色圆形", "predicted": "红色圆形", "score": 0.9}],
+        pipeline=[{"true": "红三角", "predicted": "红三角", "score": 0.9}],
         paths={"model": "m"},
         final_loss=1.0,
     )
@@ -78,7 +83,7 @@ def test_retrieval_truth_follows_what_each_caption_names():
         for i, image in enumerate(examples):
             same_object = (image.colour, image.shape) == (caption.colour, caption.shape)
             same_background = image.background == caption.background
-            # "一个红色圆形" fits a red circle on any background; "白底上的一个红色圆形" only on white.
+            # "一个红三角" fits a red triangle on any background; "雪地上的一个红三角" only on snow.
             assert (i in described) == (same_object and (same_background or not caption.names_background))
     # Some caption without a background describes images on more than one background.
     assert any(len({examples[i].background for i in retrieval.text_images[t]}) > 1 for t in unnamed)

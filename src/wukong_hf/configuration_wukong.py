@@ -78,6 +78,9 @@ class WukongConfig(PreTrainedConfig):
         token_wise_text_cls (`bool`): whether the text [CLS] token takes part (paper: no; released: yes).
         token_wise_text_sep (`bool`): whether the text [SEP] token takes part (paper and released: yes).
         lock_image_tower (`bool`): LiT: the image tower is frozen and runs in eval mode under no_grad.
+        text_position_embeddings (`bool`, defaults to True): False holds a BERT text tower's
+            absolute position embeddings at zero (frozen), so a token's output says nothing about
+            where it stands: a bag of characters with attention. The demo uses it (README, Demo).
     """
 
     model_type = "wukong"
@@ -101,11 +104,17 @@ class WukongConfig(PreTrainedConfig):
     token_wise_text_cls: bool = False
     token_wise_text_sep: bool = True
     lock_image_tower: bool = False
+    text_position_embeddings: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self._check_choices()
+        if not self.text_position_embeddings and self.text_config.model_type != "bert":
+            raise ValueError(
+                "text_position_embeddings=False needs a BERT text tower (learned absolute position embeddings); "
+                f"this config has a {self.text_config.model_type} text tower. Leave text_position_embeddings=True."
+            )
         if self.vision_config.model_type == "timm_wrapper":
             # timm models take their input size at construction: keep it in step with image_size.
             model_args = dict(self.vision_config.model_args or {})

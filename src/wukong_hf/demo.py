@@ -5,7 +5,7 @@ run_demo: synthetic Chinese shapes set -> wukong_hf.training.train (the real loo
 retrieval (wukong_hf.evaluation) -> transformers zero-shot pipeline on a few images -> word-patch
 alignment pictures and the share of label-token patches on the object. CPU, no download.
 
-    wukong demo                                      # writes wukong-demo/; about 75 s on 2 quiet CPU cores
+    wukong demo                                      # writes wukong-demo/; about 50 s on 2 quiet CPU cores
     wukong visualize --model wukong-demo/train/final --image cat.png --label 猫
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 __all__ = ["DemoSettings", "DemoResult", "run_demo", "visualize_alignment", "register", "ZERO_SHOT_TEMPLATES"]
 
-# Chinese prompts for zero-shot classification of the shapes ({c} = "红色圆形").
+# Chinese prompts for zero-shot classification of the shapes ({c} = "红三角").
 ZERO_SHOT_TEMPLATES = ["{c}", "一个{c}", "图片里有一个{c}"]
 
 
@@ -80,7 +80,7 @@ def _png_bytes(image) -> bytes:
 
 def _retrieval_set(examples, name: str):
     """Captions of `examples` as a RetrievalSet. A caption describes every image with its colour and
-    shape and, if it names one, its background ("一个红色圆形" fits a red circle on any background);
+    shape and, if it names one, its background ("一个红三角" fits a red triangle on any background);
     position and size are not in the words."""
     from .evaluation.retrieval_sets import RetrievalSet
 
@@ -261,7 +261,7 @@ def _alignment_report(model, processor, examples, out: Path, settings: DemoSetti
         "share_on_object": on_object / highlighted if highlighted else 0.0,
         "object_area_fraction": area / len(examples),
         "highlighted_fraction": highlighted / pixels,
-        # Which label character carries the alignment: e.g. the colour character vs the generic "色".
+        # Which label character carries the alignment: e.g. the colour character vs the shape word.
         "share_on_object_by_label_position": {
             str(k): {"share_on_object": v[0] / v[1] if v[1] else None, "highlighted_fraction": v[1] / pixels}
             for k, v in sorted(by_position.items())

@@ -172,6 +172,8 @@ class WukongModel(WukongPreTrainedModel):
         self.post_init()
         if config.lock_image_tower:
             self.lock_image_tower()
+        if not config.text_position_embeddings:
+            self.hold_text_positions_at_zero()
 
     # ----- LiT -----------------------------------------------------------------------------
     def lock_image_tower(self, lock: bool = True) -> "WukongModel":
@@ -185,12 +187,26 @@ class WukongModel(WukongPreTrainedModel):
         self.vision_model.train(self.training and not lock)
         return self
 
+    def hold_text_positions_at_zero(self) -> "WukongModel":
+        """Zero and freeze the BERT text tower's position embeddings (config.text_position_embeddings=False).
+
+        With them, every caption's k-th token shares a component, and a patch that tells no captions
+        apart (a plain background) can match "the k-th label token" at no cost to the contrastive loss.
+        """
+        weight = self.text_model.embeddings.position_embeddings.weight
+        with torch.no_grad():
+            weight.zero_()
+        weight.requires_grad_(False)
+        return self
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
         # Loading replaces parameters (requires_grad back to True): re-apply a saved lock.
         if isinstance(model, WukongModel) and model.config.lock_image_tower:
             model.lock_image_tower()
+        if isinstance(model, WukongModel) and not model.config.text_position_embeddings:
+            model.hold_text_positions_at_zero()
         return model
 
     def train(self, mode: bool = True):

@@ -1,10 +1,15 @@
 """Built-in synthetic Chinese image-text set: coloured shapes on plain, noisy backgrounds.
 
-Generated in code, nothing shipped or downloaded. Each example is one shape ("圆形", "正方形",
-"三角形", "十字形") in one of five colours, at a random position and size, on a noisy background
-of one of four colours no object has (白 white, 黑 black, 灰 grey, 棕 brown); its caption names the
-object and usually the background ("白底上的一个红色圆形", "一个红色圆形", ...: seven phrasings), its label
-is the colour-shape combination ("红色圆形"), and its pixel mask is kept.
+Generated in code, nothing shipped or downloaded. Each example is one shape (圆 circle, 方块
+square, 三角 triangle, 十字 cross) in one of five colours (红 绿 蓝 黄 紫), at a random position and
+size, on a noisy background of one of four colours no object has, named as a scene: 雪地 (snow,
+white), 夜空 (night sky, black), 水泥地 (cement, grey), 木桌 (wooden table, brown). Its caption names
+the object and, in half the phrasings, the background ("雪地上的一个红三角", "一个红三角", ...: six
+phrasings); its label is the colour-shape combination ("红三角"); its pixel mask is kept.
+
+No character is shared by every label, or by every caption: a character that every caption has
+(as 色 and 形 in "红色圆形") gives background patches a label token to match that costs the
+contrastive loss nothing, and then word-patch alignment highlights the background (README, Demo).
 
 Held-out colour-shape combinations never occur in the "train" split; the "held_out" split holds
 only them, so zero-shot classification on it measures compositional generalisation.
@@ -31,31 +36,30 @@ __all__ = [
 
 # Chinese colour name -> nominal RGB. Object colours are far apart so a 48 px patch tells them apart.
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "红色": (220, 40, 40),
-    "绿色": (40, 170, 60),
-    "蓝色": (40, 80, 220),
-    "黄色": (240, 210, 40),
-    "紫色": (150, 60, 190),
+    "红": (220, 40, 40),
+    "绿": (40, 170, 60),
+    "蓝": (40, 80, 220),
+    "黄": (240, 210, 40),
+    "紫": (150, 60, 190),
 }
 # Backgrounds: colours no object has, so "the red thing" is always the object, never the backdrop.
-# Named as in "白底" (white ground), without 色: "色" then belongs to the object's colour words only,
-# so a background patch has no reason to match a label like "红色圆形".
+# Named as scenes, not as colours: a colour word for the background would sit next to the object's
+# colour word in the text tower, and background patches would then take the label's colour word.
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {
-    "白": (240, 240, 240),
-    "黑": (20, 20, 20),
-    "灰": (128, 128, 128),
-    "棕": (120, 80, 40),
+    "雪地": (240, 240, 240),
+    "夜空": (20, 20, 20),
+    "水泥地": (128, 128, 128),
+    "木桌": (120, 80, 40),
 }
-SHAPES: tuple[str, ...] = ("圆形", "正方形", "三角形", "十字形")
-# Most phrasings name the background too; some do not, as real captions often leave it out.
+SHAPES: tuple[str, ...] = ("圆", "方块", "三角", "十字")
+# Half the phrasings name the background, half do not, as real captions often leave it out.
 CAPTION_TEMPLATES: tuple[str, ...] = (
-    "{background}底上的一个{colour}{shape}",
-    "一个{colour}{shape}，背景是{background}的",
-    "{colour}的{shape}在{background}背景上",
-    "这张图片的{background}底上有一个{colour}{shape}",
-    "{background}底上画着{colour}{shape}",
     "一个{colour}{shape}",
     "图片里有一个{colour}{shape}",
+    "{colour}{shape}",
+    "{background}上的一个{colour}{shape}",
+    "{colour}{shape}在{background}上",
+    "{background}上有个{colour}{shape}",
 )
 SPLITS: tuple[str, ...] = ("train", "held_out")
 COLOUR_JITTER = 12  # per-channel shift of a whole object or background, so colours vary a little
@@ -68,7 +72,7 @@ class SyntheticExample:
     """One generated example.
 
     image: RGB PIL image (S, S). mask: (S, S) bool numpy array, True on the object's pixels.
-    label: colour + shape ("红色圆形"); caption: a Chinese sentence naming the object and, when
+    label: colour + shape ("红三角"); caption: a Chinese sentence naming the object and, when
     names_background is True, the background.
     """
 
@@ -85,13 +89,13 @@ class SyntheticExample:
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
     """Draw `shape` filling the square `box` = (x0, y0, x1, y1) (inclusive) with `fill`."""
     x0, y0, x1, y1 = box
-    if shape == "圆形":
+    if shape == "圆":
         draw.ellipse(box, fill=fill)
-    elif shape == "正方形":
+    elif shape == "方块":
         draw.rectangle(box, fill=fill)
-    elif shape == "三角形":
+    elif shape == "三角":
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
-    elif shape == "十字形":
+    elif shape == "十字":
         third = (x1 - x0) / 3
         draw.rectangle((x0 + third, y0, x1 - third, y1), fill=fill)
         draw.rectangle((x0, y0 + third, x1, y1 - third), fill=fill)
@@ -134,7 +138,7 @@ class SyntheticShapes:
 
     @property
     def labels(self) -> list[str]:
-        """Every colour-shape label ("红色圆形", ...), in the order of `combinations` (ClassLabel ids)."""
+        """Every colour-shape label ("红圆", "红方块", ...), in the order of `combinations` (ClassLabel ids)."""
         return [colour + shape for colour, shape in self.combinations]
 
     @property
