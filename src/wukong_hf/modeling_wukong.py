@@ -170,9 +170,13 @@ class WukongModel(WukongPreTrainedModel):
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
-        if config.lock_image_tower:
+        self._freeze_as_configured()
+
+    def _freeze_as_configured(self) -> None:
+        """Apply the config's frozen parts: the LiT lock and the zero text positions."""
+        if self.config.lock_image_tower:
             self.lock_image_tower()
-        if not config.text_position_embeddings:
+        if not self.config.text_position_embeddings:
             self.hold_text_positions_at_zero()
 
     # ----- LiT -----------------------------------------------------------------------------
@@ -202,11 +206,9 @@ class WukongModel(WukongPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         model = super().from_pretrained(*args, **kwargs)
-        # Loading replaces parameters (requires_grad back to True): re-apply a saved lock.
-        if isinstance(model, WukongModel) and model.config.lock_image_tower:
-            model.lock_image_tower()
-        if isinstance(model, WukongModel) and not model.config.text_position_embeddings:
-            model.hold_text_positions_at_zero()
+        # Loading replaces parameters (requires_grad back to True): re-apply what the config freezes.
+        if isinstance(model, WukongModel):
+            model._freeze_as_configured()
         return model
 
     def train(self, mode: bool = True):
