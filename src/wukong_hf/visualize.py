@@ -171,6 +171,12 @@ def highlight_mask(alignment: WordPatchAlignment, tokens: list[int] | None = Non
     return np.asarray(canvas) > 0
 
 
+def _check_object_mask(alignment: WordPatchAlignment, object_mask: np.ndarray) -> None:
+    width, height = alignment.image_size
+    if object_mask.shape != (height, width):
+        raise ValueError(f"object_mask has shape {object_mask.shape}, the image is {(height, width)} (height, width).")
+
+
 def mask_share(alignment: WordPatchAlignment, object_mask: np.ndarray, tokens: list[int] | None = None) -> tuple[int, int]:
     """(highlighted pixels on the object, highlighted pixels) for a (height, width) bool object mask.
 
@@ -178,9 +184,8 @@ def mask_share(alignment: WordPatchAlignment, object_mask: np.ndarray, tokens: l
     the object's area fraction, which is what randomly placed highlights would score.
     tokens: as in highlight_mask (default: all label tokens).
     """
+    _check_object_mask(alignment, object_mask)
     highlight = highlight_mask(alignment, tokens)
-    if object_mask.shape != highlight.shape:
-        raise ValueError(f"object_mask has shape {object_mask.shape}, the image is {highlight.shape} (height, width).")
     return int((highlight & object_mask).sum()), int(highlight.sum())
 
 
@@ -199,9 +204,7 @@ def background_tokens(alignment: WordPatchAlignment, object_mask: np.ndarray) ->
     Roles as in token_role. Figure 4 looks right when background patches take [CLS] or [SEP];
     a label role here is what pulls the alignment share down.
     """
-    width, height = alignment.image_size
-    if object_mask.shape != (height, width):
-        raise ValueError(f"object_mask has shape {object_mask.shape}, the image is {(height, width)} (height, width).")
+    _check_object_mask(alignment, object_mask)
     counts: dict[str, int] = {}
     for r, c, (x0, y0, x1, y1) in _cells(alignment):
         cell = object_mask[max(0, round(y0)):round(y1), max(0, round(x0)):round(x1)]
