@@ -1,5 +1,5 @@
 """Official Wukong checkpoints (OpenAI-CLIP layout) -> WukongModel, checked against an independent
-plain-torch forward of the released architecture written from wukong-facts.md."""
+plain-torch forward of the released architecture written from docs/wukong-facts.md."""
 
 import math
 import pickle

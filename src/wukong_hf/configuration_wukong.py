@@ -29,7 +29,7 @@ SIMILARITIES = ("global", "token_wise")
 IMAGE_POOLINGS = ("cls", "mean", "tower")
 TEXT_POOLINGS = ("cls", "eos")
 
-# BERT-Chinese WordPiece ids (wukong-facts.md): [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102.
+# BERT-Chinese WordPiece ids (docs/wukong-facts.md): [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102.
 CHINESE_VOCAB_SIZE = 21128
 PAD_ID, CLS_ID, SEP_ID = 0, 101, 102
 
@@ -80,7 +80,7 @@ class WukongConfig(PreTrainedConfig):
         lock_image_tower (`bool`): LiT: the image tower is frozen and runs in eval mode under no_grad.
         text_position_embeddings (`bool`, defaults to True): False holds a BERT text tower's
             absolute position embeddings at zero (frozen), so a token's output says nothing about
-            where it stands: a bag of characters with attention. The demo uses it (README, Demo).
+            where it stands: a bag of characters with attention. The demo uses it (docs/demo.md).
     """
 
     model_type = "wukong"

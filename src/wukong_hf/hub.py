@@ -33,7 +33,7 @@ __all__ = [
 PAPER_URL = "https://arxiv.org/abs/2202.06767"
 REPORTED_SOURCE = "reported by Gu et al. 2022 / official Wukong release (not measured here)"
 MEASURED_SOURCE = "measured with wukong-hf"
-# Official ImageNet-CN zero-shot top-1 (single prompt, 80-prompt ensemble), wukong-facts.md.
+# Official ImageNet-CN zero-shot top-1 (single prompt, 80-prompt ensemble), docs/wukong-facts.md.
 REPORTED_IMAGENET_CN = {
     "wukong-vit-b-32-global": (44.68, 47.32),
     "wukong-vit-b-32-filip": (45.22, 48.24),

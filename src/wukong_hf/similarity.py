@@ -1,6 +1,6 @@
 """Global and token-wise (FILIP) similarity between image and text embeddings.
 
-Token-wise similarity of the paper (wukong-facts.md), for image i with n1 counted tokens x_k and
+Token-wise similarity of the paper (docs/wukong-facts.md), for image i with n1 counted tokens x_k and
 text j with n2 counted tokens y_r:
 
     image-to-text  s^I_ij = 1/n1 * sum_k max_r <x_k, y_r>

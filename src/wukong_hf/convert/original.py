@@ -1,6 +1,6 @@
 """Convert the released Wukong checkpoints (OpenAI-CLIP key layout) into a WukongModel folder.
 
-Layout of the releases (wukong-facts.md): ``visual.*`` (OpenAI-CLIP ViT, or Microsoft Swin with a
+Layout of the releases (docs/wukong-facts.md): ``visual.*`` (OpenAI-CLIP ViT, or Microsoft Swin with a
 ``head`` projection), ``visual.token_learner.*`` (token reduction, "Wukong" variants),
 ``transformer.*`` (causal text transformer + ``text_projection``) and ``loss.logit_scale``.
 

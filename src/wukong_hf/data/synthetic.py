@@ -9,7 +9,7 @@ phrasings); its label is the colour-shape combination ("红三角"); its pixel m
 
 No character is shared by every label, or by every caption: a character that every caption has
 (as 色 and 形 in "红色圆形") gives background patches a label token to match that costs the
-contrastive loss nothing, and then word-patch alignment highlights the background (README, Demo).
+contrastive loss nothing, and then word-patch alignment highlights the background (docs/demo.md).
 
 Held-out colour-shape combinations never occur in the "train" split; the "held_out" split holds
 only them, so zero-shot classification on it measures compositional generalisation.

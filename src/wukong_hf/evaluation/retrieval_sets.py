@@ -1,6 +1,6 @@
 """Image-text retrieval evaluation sets: readers for the published formats and a `datasets` form.
 
-Accepted inputs (exact formats in the README, Evaluation > Retrieval):
+Accepted inputs (exact formats in docs/evaluation.md, Retrieval):
   chinese-clip  <folder>/<split>_imgs.tsv ("image_id<TAB>base64 image" per line) and
                 <folder>/<split>_texts.jsonl ({"text_id", "text", "image_ids": [...]} per line);
                 MUGE, Flickr30K-CN and COCO-CN as Chinese-CLIP distributes them.
