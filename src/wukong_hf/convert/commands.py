@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..cli import add_output_argument
+
 __all__ = ["register"]
 
 
@@ -49,19 +51,19 @@ def register(subparsers) -> None:
     p = kinds.add_parser("original", help="a released Wukong checkpoint (torch file or numpy pickle) -> model folder")
     p.add_argument("--checkpoint", required=True, help="official .ckpt/.pt/.pth file or pickle of numpy arrays")
     p.add_argument("--variant", required=True, help="preset name, e.g. wukong-vit-b-32 (see `wukong presets`)")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.add_argument("--vocab", help="vocab.txt (default: beside the checkpoint, else the bundled BERT-Chinese one)")
     p.set_defaults(func=_cmd_original)
 
     p = kinds.add_parser("chinese-clip", help="a transformers ChineseCLIPModel (folder or Hub id) -> global Wukong model")
     p.add_argument("--model", required=True, help="folder or Hub id, e.g. OFA-Sys/chinese-clip-vit-base-patch16")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.set_defaults(func=_cmd_chinese_clip)
 
     p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained (locked) image tower, for LiT")
     p.add_argument("--preset", required=True, help="preset whose image tower is a timm architecture")
     p.add_argument("--weights", required=True, help="OpenAI-CLIP or timm weights: file, folder or Hub id")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.add_argument("--unlocked", action="store_true", help="leave the image tower trainable (default: locked, LiT)")
     p.add_argument("--revision", help="Hub revision when --weights is a Hub id")
     p.set_defaults(func=_cmd_image_tower)
@@ -73,7 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", metavar="OUT", help="only write the folder that would be uploaded to OUT")
     p.add_argument("--results", nargs="*", default=[], help="evaluation result JSON files (model_index entries)")
     p.add_argument("--variant", help="released variant for the card template and reported numbers")
-    p.add_argument("--license", default="apache-2.0", help="licence id for the card (default apache-2.0)")
+    p.add_argument("--license", default="apache-2.0", help="licence id for the card")
     p.add_argument("--base-model", help="Hub id of the model this one derives from")
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
     p.set_defaults(func=_cmd_push)

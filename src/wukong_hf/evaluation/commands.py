@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["register", "load_model_and_processor"]
+from ..cli import add_output_argument
+from ..model_folders import load_model_and_processor  # the one loader: model folder, Hub id or preset
 
-
-def load_model_and_processor(model: str | None, preset: str):
-    """A saved model folder / Hub id, or a randomly initialised preset (for smoke runs)."""
-    from transformers import AutoModel, AutoProcessor
-
-    from .. import WukongModel, WukongProcessor, preset_config
-
-    if model:
-        return AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model)
-    config = preset_config(preset)
-    return WukongModel(config).eval(), WukongProcessor.from_config(config)
+__all__ = ["register"]
 
 
 def _finish(result: dict, args) -> int:
     from .report import write_report
 
     result["model"] = args.model or f"{args.preset} (random init)"
-    paths = write_report(result, args.output)
+    paths = write_report(result, args.out)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
@@ -82,7 +73,7 @@ def _cmd_make_dataset(args) -> int:
     from .retrieval_sets import write_retrieval_dataset
 
     dataset = _read_set(args)
-    folder = write_retrieval_dataset(dataset, args.output)
+    folder = write_retrieval_dataset(dataset, args.out)
     print(f"wrote {len(dataset.image_ids)} images, {len(dataset.texts)} texts, {len(dataset.skipped)} skipped rows to {folder}")
     return 0
 
@@ -91,7 +82,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--model", help="model folder or Hub id (default: a randomly initialised --preset, for smoke runs)")
     p.add_argument("--preset", default="tiny-token-wise", help="preset name when --model is not given")
     p.add_argument("--batch-size", type=int, default=64, help="images per tower batch")
-    p.add_argument("--output", required=True, help="folder for results.json (with model_index) and results.md")
+    add_output_argument(p, required=True, help="folder for results.json (with model_index) and results.md")
 
 
 def _add_set_args(p) -> None:
@@ -134,5 +125,5 @@ def register(subparsers) -> None:
 
     m = sub.add_parser("make-dataset", help="convert a retrieval set into a dataset repository folder (Parquet + card)")
     _add_set_args(m)
-    m.add_argument("--output", required=True, help="output folder (load it with datasets.load_dataset(folder))")
+    add_output_argument(m, required=True, help="output folder (load it with datasets.load_dataset(folder))")
     m.set_defaults(func=_cmd_make_dataset)
