@@ -9,6 +9,7 @@ defaults and it takes --debug. `main` is the one place expected failures become 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import os
 import sys
@@ -29,20 +30,25 @@ COMMAND_MODULES = [
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to every option that has a default its help does not already state."""
+    """Shows "(default: X)" for every option with a default its help does not already state, including
+    options given without any help text."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        flags = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._VersionAction, argparse._HelpAction)
+        return action.default not in (None, argparse.SUPPRESS, []) and not isinstance(action, flags)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
-        shown = (
-            default is not None
-            and default is not argparse.SUPPRESS
-            and not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._VersionAction))
-            and default != []
-        )
-        if shown and "default" not in text:
+        if self._shows_default(action) and "default" not in text:
             text += " (default: %(default)s)"
         return text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # argparse prints no help line for these otherwise
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -194,19 +200,20 @@ def failure_message(err: BaseException) -> str | None:
 
     Context added on the way up (exception notes, e.g. "model org/name") prefixes the reason.
     """
-    chain = _chain(err)
     if not isinstance(err, _expected_types()):
         return None
+    chain = _chain(err)
+    notes = [n for e in chain for n in getattr(e, "__notes__", ()) if "\n" not in n]
     reason = next((r for r in map(_hub_reason, chain) if r), None)
-    if reason is None:
-        reason = _first_line(err)
+    if reason is not None and not notes and _first_line(err) != reason:
+        reason = f"{reason} ({_first_line(err)})"  # no context was added: the library's own line names the source
+    elif reason is None:
+        reason = _first_line(err) + _yaml_position(chain)
         if type(err).__module__.startswith("safetensors"):
             reason = f"corrupt or unreadable safetensors file ({reason})"
         elif type(err).__module__.startswith("yaml"):
             reason = f"not valid YAML ({reason})"
-        reason += _yaml_position(chain)
-    notes = [n for e in chain for n in getattr(e, "__notes__", ()) if "\n" not in n and n not in reason]
-    return ": ".join([*dict.fromkeys(notes), reason])
+    return ": ".join([*dict.fromkeys(n for n in notes if n not in reason), reason])
 
 
 def run_command(func, args: argparse.Namespace, name: str | None = None) -> int:
