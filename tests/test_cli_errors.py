@@ -83,7 +83,7 @@ def test_repo_id_offline_with_nothing_cached(capsys, image, offline):
                     "mode (HF_HUB_OFFLINE=1) forbids downloading it: use a local folder, or unset HF_HUB_OFFLINE")
 
 
-def test_upload_while_offline_fails_before_exporting(capsys, model_folder, offline, tmp_path):
+def test_upload_while_offline(capsys, model_folder, offline, tmp_path):
     status, line = _run(capsys, ["push", "--model", str(model_folder), "--repo-id", "org/x"])
     assert status == 2
     assert line == ("wukong push: error: upload to the Hub repository org/x: the Hub cannot be reached in offline mode "

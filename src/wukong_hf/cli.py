@@ -115,11 +115,14 @@ def _chain(err: BaseException) -> list[BaseException]:
     return found
 
 
-def _first_line(err: BaseException) -> str:
+def _first_line(err: BaseException, whole_if_short: bool = True) -> str:
+    """The message on one line: whole when short (a wrapped sentence), else its first line (two if it ends in ":")."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
-    if lines[0].endswith(":") and len(lines) > 1:  # "... one of:" / "while parsing ...:" reads on in the next line
+    if whole_if_short and len(" ".join(lines)) <= 300:
+        return " ".join(lines)
+    if lines[0].endswith(":") and len(lines) > 1:  # "... one of:" reads on in the next line
         return f"{lines[0]} {lines[1]}"
     return lines[0]
 
@@ -208,7 +211,8 @@ def failure_message(err: BaseException) -> str | None:
     if reason is not None and not notes and _first_line(err) != reason:
         reason = f"{reason} ({_first_line(err)})"  # no context was added: the library's own line names the source
     elif reason is None:
-        reason = _first_line(err) + _yaml_position(chain)
+        position = _yaml_position(chain)  # a YAML message's other lines draw the position with carets
+        reason = _first_line(err, whole_if_short=not position) + position
         if type(err).__module__.startswith("safetensors"):
             reason = f"corrupt or unreadable safetensors file ({reason})"
         elif type(err).__module__.startswith("yaml"):
@@ -222,6 +226,9 @@ def run_command(func, args: argparse.Namespace, name: str | None = None) -> int:
     name = name or getattr(args, "command_prog", "wukong")
     try:
         result = func(args)
+    except KeyboardInterrupt:  # Ctrl-C: the user knows why; no traceback (a training run resumes from its checkpoint)
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (`wukong presets | head`): not a failure of this command
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
         return 1

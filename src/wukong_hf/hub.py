@@ -15,9 +15,7 @@ from importlib import resources
 import tempfile
 from pathlib import Path
 
-import huggingface_hub.constants
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import OfflineModeIsEnabled
 
 from .model_folders import load_model_and_processor, save_model_folder
 
@@ -231,10 +229,6 @@ def push_model(
         raise ValueError(f"repo id {repo_id!r} must look like 'org/name'.")
     if dry_run_dir is not None:
         return str(export_model_folder(model_dir, dry_run_dir, results_files, repo_id=repo_id, **card_options))
-    if huggingface_hub.constants.HF_HUB_OFFLINE:  # fail before exporting: the upload cannot happen
-        err = OfflineModeIsEnabled(f"uploading to {repo_id} needs the Hub, and HF_HUB_OFFLINE is set.")
-        err.add_note(f"upload to the Hub repository {repo_id}")
-        raise err
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model_folder(model_dir, Path(tmp) / "export", results_files, repo_id=repo_id, **card_options)
         api = HfApi(token=token)
