@@ -8,25 +8,7 @@ import os
 
 from ..cli import add_output_argument
 
-__all__ = ["register", "collect_reports"]
-
-REPORT_FILES = ("read_report.json", "filter_report.json", "download_report.json", "count_report.json")
-
-
-def collect_reports(folders: list[str]) -> dict:
-    """{folder/report file: report dict} for every known report JSON found in the folders."""
-    found = {}
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{folder!r} is not a folder; pass output folders of `wukong data` steps")
-        for name in REPORT_FILES:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    found[path] = json.load(fh)
-    if not found:
-        raise FileNotFoundError(f"no report files ({', '.join(REPORT_FILES)}) in {folders}")
-    return found
+__all__ = ["register"]
 
 
 def _print(obj) -> None:
@@ -107,6 +89,8 @@ def _cmd_push(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from .step_reports import collect_reports
+
     _print(collect_reports(args.folders))
     return 0
 
