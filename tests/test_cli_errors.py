@@ -90,6 +90,15 @@ def test_upload_while_offline(capsys, model_folder, offline, tmp_path):
                     "(HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE and try again")
 
 
+def test_dataset_upload_while_offline(capsys, offline, tmp_path):
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "README.md").write_text("---\nlicense: cc-by-nc-sa-4.0\n---\n")
+    status, line = _run(capsys, ["data", "push", str(tmp_path / "prepared"), "--repo-id", "org/x"])
+    assert status == 2
+    assert line == ("wukong data push: error: upload to the Hub dataset repository org/x: the Hub cannot be reached in "
+                    "offline mode (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE and try again")
+
+
 def test_missing_corrupt_and_truncated_images(capsys, image, tmp_path):
     status, line = _run(capsys, ["score", "--images", str(tmp_path / "none.png"), "--captions", "猫"])
     assert status == 2

@@ -81,9 +81,15 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_push(args) -> int:
+    from huggingface_hub.errors import HTTPError, OfflineModeIsEnabled
+
     from .repository import push_dataset_repo
 
-    files = push_dataset_repo(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run, token=args.token)
+    try:
+        files = push_dataset_repo(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run, token=args.token)
+    except (HTTPError, OfflineModeIsEnabled) as err:  # the one-line message then names the repository
+        err.add_note(f"upload to the Hub dataset repository {args.repo_id}")
+        raise
     print("\n".join(files))
     return 0
 
