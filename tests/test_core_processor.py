@@ -48,9 +48,10 @@ def test_overlong_text_keeps_its_first_30_pieces_then_sep(processor):
     assert processor.tokenizer.convert_ids_to_tokens(ids[1:31].tolist()) == list(text[:30])
 
 
-def test_empty_caption_is_rejected_with_its_index(processor):
-    with pytest.raises(ValueError, match=r"text\[1\] is empty"):
-        processor(text=["一只猫", "   "])
+def test_empty_caption_is_cls_sep_and_bad_text_is_rejected_with_its_index(processor):
+    # As the released tokenizer: the empty (or blank) caption is [CLS] [SEP], never an error.
+    ids = processor(text=["一只猫", "   ", ""])["input_ids"]
+    assert ids[1, :3].tolist() == [101, 102, 0] and ids[2, :3].tolist() == [101, 102, 0]
     with pytest.raises(TypeError, match=r"text\[0\] is int"):
         processor(text=[3])
     with pytest.raises(ValueError, match="needs text, images or both"):

@@ -5,6 +5,7 @@ Importing the package registers WukongConfig, WukongModel and WukongProcessor wi
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
@@ -13,17 +14,13 @@ from transformers import (
 from .configuration_wukong import WukongConfig
 from .evaluation import evaluate_retrieval, read_retrieval_set, zero_shot_classification
 from .hub import export_model_folder, push_model
+from .features import WukongImageFeatures, WukongTextFeatures
+from .image_processing_wukong import WukongImageProcessor
 from .losses import ContrastiveLoss, contrastive_loss
-from .modeling_wukong import (
-    WukongImageFeatures,
-    WukongModel,
-    WukongOutput,
-    WukongPreTrainedModel,
-    WukongTextFeatures,
-)
+from .modeling_wukong import WukongModel, WukongOutput, WukongPreTrainedModel
 from .presets import list_presets, preset_config
 from .processing_wukong import WukongProcessor
-from .similarity import global_similarity, select_top_image_tokens, token_wise_similarity
+from .similarity import SimilarityRule, global_similarity, select_top_image_tokens, token_wise_similarity
 
 __version__ = "0.1.0"
 
@@ -31,12 +28,14 @@ AutoConfig.register("wukong", WukongConfig, exist_ok=True)
 AutoModel.register(WukongConfig, WukongModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(WukongConfig, WukongModel, exist_ok=True)
 AutoProcessor.register(WukongConfig, WukongProcessor, exist_ok=True)
+AutoImageProcessor.register(WukongConfig, slow_image_processor_class=WukongImageProcessor, exist_ok=True)
 
 # save_pretrained copies the code files and writes auto_map, so a saved folder also loads with
 # trust_remote_code=True where wukong_hf is not installed.
 WukongConfig.register_for_auto_class()
 WukongModel.register_for_auto_class("AutoModel")
 WukongProcessor.register_for_auto_class("AutoProcessor")
+WukongImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "WukongConfig",
@@ -46,6 +45,8 @@ __all__ = [
     "WukongImageFeatures",
     "WukongTextFeatures",
     "WukongProcessor",
+    "WukongImageProcessor",
+    "SimilarityRule",
     "token_wise_similarity",
     "global_similarity",
     "contrastive_loss",

@@ -25,7 +25,7 @@ def _cmd_chinese_clip(args) -> int:
 def _cmd_image_tower(args) -> int:
     from .image_tower import init_lit_model
 
-    report = init_lit_model(args.preset, args.weights, args.out, lock=not args.unlocked, revision=args.revision)
+    report = init_lit_model(args.preset, args.weights, args.out, revision=args.revision)
     print(report.summary())
     print(f"wrote {args.out}")
     return 0
@@ -58,11 +58,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_chinese_clip)
 
-    p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained (locked) image tower, for LiT")
+    p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained image tower: the start of LiT "
+                         "(the training run locks the tower)")
     p.add_argument("--preset", required=True, help="preset whose image tower is a timm architecture")
     p.add_argument("--weights", required=True, help="OpenAI-CLIP or timm weights: file, folder or Hub id")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--unlocked", action="store_true", help="leave the image tower trainable (default: locked, LiT)")
     p.add_argument("--revision", help="Hub revision when --weights is a Hub id")
     p.set_defaults(func=_cmd_image_tower)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from .features import ImageLoader, open_rgb
+from .encoding import ImageLoader, open_rgb
 
 __all__ = [
     "RetrievalSet",

@@ -49,7 +49,11 @@ def _apply_model_overrides(config, overrides: dict):
 
 
 def load_model_for_training(section: ModelSection):
-    """(WukongModel in train mode, WukongProcessor) from a preset or a folder / Hub id, overrides applied."""
+    """(WukongModel in train mode, WukongProcessor) from a preset or a folder / Hub id, overrides applied.
+
+    Whether the image tower is locked is not the model's business: DualEncoderStep applies
+    section.lock_image_tower (LiT) for the run.
+    """
     from transformers import AutoConfig, AutoProcessor
 
     from ..modeling_wukong import WukongModel
@@ -64,7 +68,6 @@ def load_model_for_training(section: ModelSection):
         config = _apply_model_overrides(AutoConfig.from_pretrained(section.name_or_path), section.overrides)
         model = WukongModel.from_pretrained(section.name_or_path, config=config)
         processor = AutoProcessor.from_pretrained(section.name_or_path)
-    model.lock_image_tower(section.lock_image_tower)
     if section.gradient_checkpointing:
         text = model.text_model  # transformers 5 deprecates gradient_checkpointing_enable for activation_...
         (getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable)()
@@ -107,7 +110,7 @@ def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> f
     was_training = model.training
     model.eval()
     report = zero_shot_classification(model, processor, images, e.class_names, e.templates, batch_size=e.batch_size)
-    model.train(was_training)
+    model.train(was_training)  # the caller puts a locked tower back in eval mode (DualEncoderStep.train)
     return float((report["ensemble"] or report["single_prompt"])["top1"])
 
 
@@ -243,14 +246,14 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         total_steps = lp.max_steps
 
     # ----- optimiser, schedule, resume ---------------------------------------------------------
-    step_module = DualEncoderStep(model)
+    step_module = DualEncoderStep(model, lock_image_tower=locked)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim.warmup_steps, total_steps)
     # The scheduler stays unprepared: Accelerate would step it once per process.
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     from ..losses import ContrastiveLoss
 
-    loss_fn = ContrastiveLoss(similarity=model.config.similarity, layout="lit" if locked else "local")
+    loss_fn = ContrastiveLoss(model.similarity_rule, layout="lit" if locked else "local")
 
     progress = TrainingProgress()
     resume_from = find_checkpoint(out, config.checkpoint.resume)
@@ -322,7 +325,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
                 "step": progress.step,
                 "loss": float(accelerator.reduce(loss, reduction="mean")),
                 "lr": scheduler.get_last_lr()[0],
-                "temperature": float(1.0 / model.temperature_scale.detach()),
+                "temperature": float(1.0 / model.inverse_temperature.detach()),
                 "samples_per_s": global_batch * lp.log_every / max(elapsed, 1e-9),
             }
             started = time.perf_counter()
@@ -334,6 +337,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
                     progress.best_accuracy = accuracy
                     _export(model, processor, best_dir)
                 accelerator.wait_for_everyone()
+                step_module.train()  # evaluation left the model in train mode, a locked tower included
                 started = time.perf_counter()
             progress.history.append(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)
