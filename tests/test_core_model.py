@@ -225,3 +225,24 @@ def test_ids_past_the_vocabulary_and_overlong_text_are_explained(tiny_token_wise
         model(input_ids=torch.tensor([[101, 700, 102]]), attention_mask=torch.ones(1, 4), pixel_values=pixels)
     with pytest.raises(ValueError, match="needs both input_ids and pixel_values"):
         model(pixel_values=pixels)
+
+
+@pytest.mark.parametrize("preset", ["tiny-clip-vision", "tiny-token-wise"])
+def test_hidden_states_and_attentions_reach_the_towers(preset):
+    model, processor = make_tiny(preset)
+    inputs = _inputs(processor, n_images=2)
+    plain = model(**inputs)
+    assert plain.text_model_output.hidden_states is None
+    out = model(**inputs, output_hidden_states=True)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(out.text_model_output.hidden_states) == layers + 1
+    assert len(out.vision_model_output.hidden_states) >= 2
+    torch.testing.assert_close(out.logits_per_image, plain.logits_per_image)
+    if preset == "tiny-clip-vision":  # attention maps need eager attention (SDPA does not return them)
+        eager = WukongModel._from_config(model.config, attn_implementation="eager").eval()
+        eager.load_state_dict(model.state_dict())
+        attn = eager(**inputs, output_attentions=True)
+        assert len(attn.text_model_output.attentions) == layers and len(attn.vision_model_output.attentions) == 2
+    else:
+        with pytest.raises(ValueError, match="output_attentions is not available for timm image towers"):
+            model(**inputs, output_attentions=True)

@@ -81,10 +81,12 @@ class WukongOutput(ModelOutput):
 
 
 class _FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (as in the released code)."""
+    """LayerNorm computed in at least float32 whatever the input dtype (as in the released code)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return F.layer_norm(x.to(compute), self.normalized_shape, self.weight.to(compute), self.bias.to(compute),
+                            self.eps).to(x.dtype)
 
 
 class WukongTokenReduction(nn.Module):
