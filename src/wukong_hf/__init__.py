@@ -28,7 +28,10 @@ AutoConfig.register("wukong", WukongConfig, exist_ok=True)
 AutoModel.register(WukongConfig, WukongModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(WukongConfig, WukongModel, exist_ok=True)
 AutoProcessor.register(WukongConfig, WukongProcessor, exist_ok=True)
-AutoImageProcessor.register(WukongConfig, slow_image_processor_class=WukongImageProcessor, exist_ok=True)
+# It runs torchvision on PIL images: the same class serves both backends transformers asks for.
+AutoImageProcessor.register(
+    WukongConfig, image_processor_classes={"torchvision": WukongImageProcessor, "pil": WukongImageProcessor}, exist_ok=True
+)
 
 # save_pretrained copies the code files and writes auto_map, so a saved folder also loads with
 # trust_remote_code=True where wukong_hf is not installed.
