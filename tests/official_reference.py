@@ -4,8 +4,12 @@ Written from their description in docs/wukong-facts.md ("The public releases"), 
 released code, and kept deliberately plain (loops, einsum, the four torchvision transforms), so
 the project's fast paths are checked against something they do not share:
 
-- official_tokenize: BERT's basic + WordPiece tokenisation over the BERT-Chinese vocabulary,
-  [CLS] text [SEP] with zero padding to 32; text never becomes a special token.
+- official_tokenize: BERT's basic + WordPiece tokenisation over the BERT-Chinese vocabulary
+  (every "C*" character removed, CJK characters split, lower-cased, accents stripped, punctuation
+  split), [CLS] text [SEP] with zero padding to 32, over-long text cut to 30 pieces. Text never
+  becomes a special token. (One known difference, by design: the released tokenizer keeps a
+  whitespace-delimited "[CLS]", "[SEP]" or "[UNK]" in a caption as that special token; here, as
+  the issue asks, it is ordinary text. No caption or prompt of the evaluations contains one.)
 - official_pixels: torchvision Resize(224, bicubic) -> CenterCrop(224) -> ToTensor -> Normalize.
 - official_token_wise_scores: text token features times the (ids > 0) mask; image->text takes, for
   each image token, the max over ALL 32 positions (padding included: a padded position offers 0),
@@ -32,7 +36,7 @@ def _is_whitespace(ch: str) -> bool:
 
 
 def _is_control(ch: str) -> bool:
-    return ch not in "\t\n\r" and unicodedata.category(ch) in ("Cc", "Cf")
+    return ch not in "\t\n\r" and unicodedata.category(ch).startswith("C")
 
 
 def _is_punctuation(ch: str) -> bool:

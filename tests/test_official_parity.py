@@ -186,6 +186,7 @@ TRICKY = [
     "😀🐱 可爱的猫咪表情包🎉", "Café naïve résumé ÀÉÎ", "tab\tnew\nline\r end\u200b zero-width",
     "长" * 50, "abc" * 60, "2022年3月5日下午3点45分，北京市朝阳区", "“引号”‘单引号’《书名号》【括号】…—·",
     "hello-world_foo.bar/baz?x=1&y=2#frag", "ＡＢＣ ａｂｃ ＡｂＣ", "\u0000control\u0007chars\ufffd",
+    "private\ue000use\U000f0000 and 𠀋𪚥 rare CJK", "한국어 日本語のテキスト ру́сский",
 ]
 
 
