@@ -32,30 +32,31 @@ class _Features:
     token_embeds: torch.Tensor | None = None
     token_mask: torch.Tensor | None = None
 
-    # Per-item fields (first axis = items) beyond the three above; subclasses add theirs.
-    _row_fields = ("embeds", "token_embeds", "token_mask")
+    # The per-item tensors (first axis = items); subclasses add theirs. Other fields describe all rows.
+    ROW_FIELDS = ("embeds", "token_embeds", "token_mask")
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
     def _rows(self) -> dict[str, torch.Tensor | None]:
-        return {name: getattr(self, name) for name in self._row_fields}
+        return {name: getattr(self, name) for name in self.ROW_FIELDS}
 
-    def _replace_rows(self, fn) -> "_Features":
+    def map_rows(self, fn) -> "_Features":
+        """The same features with fn(name, tensor) applied to every per-item tensor that is not None."""
         return dataclasses.replace(self, **{k: None if v is None else fn(k, v) for k, v in self._rows().items()})
 
     def select(self, index: torch.Tensor | slice | list[int] | int) -> "_Features":
         """The features of a subset of items (indexing the first axis; an int keeps the axis)."""
         if isinstance(index, int):
             index = slice(index, index + 1 if index != -1 else None)
-        return self._replace_rows(lambda name, value: value[index])
+        return self.map_rows(lambda name, value: value[index])
 
     def detach(self) -> "_Features":
-        return self._replace_rows(lambda name, value: value.detach())
+        return self.map_rows(lambda name, value: value.detach())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "_Features":
         """Move every tensor to `device`; `dtype` applies to the floating-point tensors only (masks stay bool)."""
-        return self._replace_rows(
+        return self.map_rows(
             lambda name, value: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
         )
 
@@ -71,13 +72,13 @@ class _Features:
         first = items[0]
         for other in items[1:]:
             for field in dataclasses.fields(first):
-                if field.name not in first._row_fields and getattr(other, field.name) != getattr(first, field.name):
+                if field.name not in first.ROW_FIELDS and getattr(other, field.name) != getattr(first, field.name):
                     raise ValueError(
                         f"Cannot concatenate features with different {field.name}: {getattr(first, field.name)} and "
                         f"{getattr(other, field.name)} (were they made by the same model?)."
                     )
         rows = {}
-        for name in first._row_fields:
+        for name in first.ROW_FIELDS:
             values = [getattr(item, name) for item in items]
             if any(v is None for v in values) and not all(v is None for v in values):
                 raise ValueError(f"Cannot concatenate features where only some items have {name}.")
@@ -124,4 +125,4 @@ class WukongTextFeatures(_Features):
 
     has_padding: torch.Tensor | None = None
 
-    _row_fields = ("embeds", "token_embeds", "token_mask", "has_padding")
+    ROW_FIELDS = ("embeds", "token_embeds", "token_mask", "has_padding")

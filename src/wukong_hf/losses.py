@@ -94,7 +94,7 @@ def _check_equal_batches(batch: int, world_size: int, device: torch.device) -> N
 def _gather_features(features, world_size: int):
     """Features of every process's rows, concatenated in rank order: float rows with gradient, masks without."""
     gathered = {}
-    for name in features._row_fields:
+    for name in features.ROW_FIELDS:
         value = getattr(features, name)
         if value is not None:
             gathered[name] = _gather_with_grad(value) if value.is_floating_point() else _gather_no_grad(value, world_size)

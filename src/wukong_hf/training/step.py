@@ -104,7 +104,7 @@ def global_batch_loss(
 
 def _as_leaves(features):
     # Detached copies that collect the loss gradient (GradCache's "representation gradient").
-    return features._replace_rows(
+    return features.map_rows(
         lambda name, value: value.detach().requires_grad_() if value.is_floating_point() else value
     )
 
