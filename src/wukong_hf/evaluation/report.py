@@ -266,7 +266,8 @@ def write_report(result: dict, output_dir: str | Path, formats: tuple[str, ...] 
     if unknown:
         raise ValueError(f"Unknown results format(s) {unknown}; choose from {RESULTS_FORMATS}.")
     output_dir = Path(output_dir)
-    result = {**result, "model_index": model_index_entries(result)}
+    first = {key: result[key] for key in ("task", "model", "dataset", "split", "config") if key in result}
+    result = {**first, **result, "model_index": model_index_entries(result)}  # what was run first, then the numbers
     chinese = chinese_clip_records(result) if "chinese-clip" in formats else {}  # raises before anything is written
     table = zero_shot_table([result]) if result["task"] == "zero-shot-classification" else retrieval_table([result])
     paths = {"json": _dump(result, output_dir / "results.json"), "markdown": output_dir / "results.md"}
