@@ -96,7 +96,7 @@ def _cmd_zero_shot(args) -> int:
         raise ValueError("The images carry no class names; pass --classnames imagenet1k or a file with one name per line.")
     templates = load_templates(args.templates)
     source = args.dataset or args.image_folder or args.imagenet_val
-    split = args.split if args.dataset else ("validation" if args.imagenet_val else "test")
+    split = "validation" if args.imagenet_val else args.split  # an ImageNet val folder is the validation split
     dataset_name = args.dataset_name or ("imagenet-1k" if args.imagenet_val else Path(str(source).rstrip("/")).name)
     model, processor = load_model_and_processor(args.model, args.preset)
     result = zero_shot_classification(
@@ -197,7 +197,7 @@ def register(subparsers) -> None:
     source.add_argument("--imagenet-val", help="flat ImageNet validation folder (with --imagenet-labels)")
     source.add_argument("--dataset", help="datasets folder or Hub id with image and label columns")
     z.add_argument("--imagenet-labels", help="lines 'FILENAME LABEL_INDEX' (0-based, standard ImageNet order)")
-    z.add_argument("--split", default="test", help="dataset split")
+    z.add_argument("--split", default="test", help="split of --dataset; for --image-folder, the split name reported (--imagenet-val: validation)")
     z.add_argument("--image-column", default="image")
     z.add_argument("--label-column", default="label")
     z.add_argument("--classnames", help="'imagenet1k' or a file with one Chinese class name per line, in label order")
