@@ -186,3 +186,39 @@ def test_push_results_explains_an_unreadable_card(eval_runs, offline_hub):
     with pytest.raises(ValueError, match="no results to push"):
         push_eval_results(REPO_ID)
     assert not (offline_hub / "x").exists()
+
+
+def imagenet_validation_results(tmp_path):
+    """A results file of an ImageNet-CN validation run (the paper's reported setting)."""
+    from wukong_hf.evaluation.report import model_index_entries
+
+    result = {"task": "zero-shot-classification", "dataset": "imagenet1k-cn", "split": "validation", "num_templates": 80,
+              "ensemble_method": "embedding", "single_prompt": {"top1": 43.2, "top5": 70.1, "mean_per_class_recall": 43.0},
+              "ensemble": {"top1": 46.9, "top5": 74.0, "mean_per_class_recall": 46.5}}
+    path = tmp_path / "imagenet.json"
+    path.write_text(json.dumps({"model_index": model_index_entries(result)}), encoding="utf-8")
+    return path
+
+
+def test_measured_imagenet_results_are_never_labelled_as_reported(tmp_path):
+    # huggingface_hub groups results by (task, dataset, split) and labels a group with its first
+    # source: measured ImageNet validation numbers beside the paper's would read as "reported".
+    card = build_model_card(REPO_ID, "wukong-vit-b-32-global", [imagenet_validation_results(tmp_path)])
+    card.save(tmp_path / "README.md")
+    _, results = parsed_results(tmp_path / "README.md")
+    assert {r.source_name for r in results} == {MEASURED_SOURCE} and len(results) == 6
+    assert "44.68" in card.text and "47.32" in card.text  # the paper's numbers stay in the card's text
+
+
+def test_push_results_onto_a_card_with_reported_or_foreign_results(tmp_path, offline_hub):
+    results_file = imagenet_validation_results(tmp_path)
+    hub_cache_with_card(offline_hub, str(build_model_card(REPO_ID, "wukong-vit-b-32-global")))
+    path = push_eval_results(REPO_ID, results_files=[results_file], dry_run_dir=offline_hub / "card")
+    _, results = parsed_results(path)
+    assert {r.source_name for r in results} == {MEASURED_SOURCE} and len(results) == 6
+
+    card = ModelCard.load(path)
+    for r in card.data.eval_results:
+        r.source_name, r.source_url = "Some leaderboard", "https://example.org/board"
+    with pytest.raises(ValueError, match="from 'Some leaderboard'; a model-index block holds one source"):
+        merge_eval_results(card, hub.measured_eval_results([results_file], REPO_ID))

@@ -176,7 +176,7 @@ def build_model_card(
         base_model=base_model,
         tags=["wukong", "chinese", "clip", "vision-language", "zero-shot-image-classification", "custom_code"],
         model_name=repo_id.split("/")[-1],
-        eval_results=(reported + measured) or None,
+        eval_results=(_without_superseded(reported, measured) + measured) or None,
     )
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir)), keep_trailing_newline=True)
     body = environment.get_template(f"{name}.md").render(
@@ -269,13 +269,36 @@ def push_model(
     return str(getattr(commit, "commit_url", commit))
 
 
+def _without_superseded(reported: list[EvalResult], measured: list[EvalResult]) -> list[EvalResult]:
+    # huggingface_hub writes one model-index block per EvalResult.unique_identifier (task, dataset,
+    # config, split, revision), labelled with its first result's source: a reported entry beside a
+    # measured one of the same identifier would label the measured numbers "reported". Measured
+    # entries win the model-index; the reported numbers stay in the card's text.
+    measured_ids = {r.unique_identifier for r in measured}
+    return [r for r in reported if r.unique_identifier not in measured_ids]
+
+
 def merge_eval_results(card: ModelCard, new_results: list[EvalResult]) -> tuple[int, int]:
     """Add EvalResults to a card's model-index; a result that differs from an existing one only in
     value (huggingface_hub's EvalResult.is_equal_except_value) replaces its value.
 
+    One model-index block holds one source: the paper's reported entries of the same task, dataset
+    and split leave the model-index (they stay in the card's text); another named source there is
+    an error rather than a mislabelled block.
+
     Returns (added, replaced) counts.
     """
-    existing = list(card.data.eval_results or [])
+    new_ids = {r.unique_identifier for r in new_results}
+    existing = []
+    for old in card.data.eval_results or []:
+        if old.unique_identifier in new_ids and old.source_name not in (None, MEASURED_SOURCE):
+            if old.source_name != REPORTED_SOURCE:
+                raise ValueError(
+                    f"the card already has {old.task_type} results on {old.dataset_type} ({old.dataset_split}) from "
+                    f"{old.source_name!r}; a model-index block holds one source, so edit the card by hand to add these."
+                )
+            continue
+        existing.append(old)
     added = replaced = 0
     for result in new_results:
         same = next((old for old in existing if result.is_equal_except_value(old)), None)
