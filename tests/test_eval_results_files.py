@@ -170,3 +170,22 @@ def test_write_report_refuses_unknown_formats_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="zero-shot results have no Chinese-CLIP form"):
         write_report(result, tmp_path / "b", formats=["chinese-clip"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_model_provenance_of_a_hub_id_comes_from_the_local_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from wukong_hf.evaluation.report import model_provenance
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    snapshot = tmp_path / "hub" / "models--org--wukong" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "hub" / "models--org--wukong" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--wukong" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    got = model_provenance("org/wukong")
+    assert got["revision"] == commit and got["weights_sha256"] == {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    assert model_provenance("org/not-cached")["revision"] is None
+    assert model_provenance(None, "tiny-global")["preset"] == "tiny-global"
