@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from ..features import WukongImageFeatures, WukongTextFeatures
 from ..similarity import SimilarityRule
 from .encoding import encode_images, encode_texts
-from .metrics import rank_against_negatives, recall_at_k
+from .metrics import rank_against_negatives
+from .metrics import retrieval_metrics_from_ranks as metrics_from_ranks
 from .retrieval_sets import RetrievalSet
 
 NO_ANSWER = -1  # rank of an image that no text describes (MUGE distractors)
@@ -136,13 +137,7 @@ def retrieval_metrics_from_ranks(
     i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, directions: tuple[str, ...] = ("i2t", "t2i")
 ) -> dict[str, float]:
     """{"i2t_R@1", ..., "t2i_R@10", "MR"} in percent; images ranked NO_ANSWER are left out of i2t."""
-    metrics: dict[str, float] = {}
-    if "i2t" in directions:
-        metrics.update({f"i2t_{k}": v for k, v in recall_at_k(i2t_ranks[i2t_ranks != NO_ANSWER]).items()})
-    if "t2i" in directions:
-        metrics.update({f"t2i_{k}": v for k, v in recall_at_k(t2i_ranks).items()})
-    metrics["MR"] = sum(metrics.values()) / len(metrics)
-    return metrics
+    return metrics_from_ranks(i2t_ranks, t2i_ranks, directions)  # the wukong_retrieval evaluate module
 
 
 def retrieval_from_features(

@@ -180,16 +180,26 @@ def _flat_hparams(config: TrainConfig) -> dict:
 
 
 def _write_validation_results(config: TrainConfig, accuracy: float, out: Path) -> str:
-    """validation_results.json with a "model_index" entry (the Hub card's format) for the final model."""
-    from ..evaluation.report import model_index_entry
+    """validation_results.json with the "model_index" entry of the final model's zero-shot top-1,
+    built by the same code as `wukong eval zero-shot` (evaluation.report.model_index_entries)."""
+    from ..evaluation.report import model_index_entries
 
     e = config.eval
-    name = e.dataset or "validation set"
-    label = f"top-1 accuracy ({len(e.templates)}-prompt {'ensemble' if len(e.templates) > 1 else 'single prompt'})"
-    entry = model_index_entry("zero-shot-image-classification", "Zero-shot image classification", name, e.split, label,
-                              accuracy, metric_type="accuracy")
+    similarity = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))["similarity"]
+    # The setting zero_shot_accuracy measured: its templates, with zero_shot_classification's default ensemble.
+    result = {
+        "task": "zero-shot-classification",
+        "dataset": Path(str(e.dataset).rstrip("/")).name if e.dataset else "validation set",
+        "dataset_source": e.dataset,
+        "dataset_config": e.name,
+        "split": e.split,
+        "num_templates": len(e.templates),
+        "ensemble_method": "embedding" if similarity == "global" else "similarity",
+        # zero_shot_classification measures a bare class name as its single prompt, templates as an ensemble
+        "single_prompt" if e.templates == ["{c}"] else "ensemble": {"top1": accuracy},
+    }
     path = out / "validation_results.json"
-    path.write_text(json.dumps({"model_index": [entry]}, indent=1, ensure_ascii=False), encoding="utf-8")
+    path.write_text(json.dumps({"model_index": model_index_entries(result)}, indent=1, ensure_ascii=False), encoding="utf-8")
     return str(path)
 
 
