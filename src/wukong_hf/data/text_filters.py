@@ -67,15 +67,37 @@ _TRANSLIT = set(
 _NOT_IN_GIVEN_NAMES = set(
     "焖炒煮炖烤炸蒸煎卤腌锅碗盘饭面肉汤糕饼酱醋糖盐粥奶蛋虾蟹鸡鸭鹅猪菜瓜豆枝根茎藤卡欧"
     "网件型号款版图片像视频屏纸墙砖柜架床桌椅窗灯箱袋鞋袜裤裙衫帽店厂市区县镇村街楼房室厅站岛桥塔寺庙殿"
+    "在了是的被把给从对着过吗呢吧啊都就才又还也"
 )
 # Last characters of places, plants, animals, objects and positions, not of given names: jieba tags
 # 金字塔, 胡萝卜, 石英表, 黄鹤楼 nr, and they start with a surname.
 _NOT_NAME_FINAL = _NOT_IN_GIVEN_NAMES | set(
     "市县区镇村乡省州岛港湾湖河溪桥塔楼阁亭寺庙殿宫街巷路洞站场厂店馆院城墙门角口庄坊花草树藤叶果卜菜瓜豆"
-    "犬猫狗鸭鸡鹅鱼虾蟹熊虎牛羊猪兔鼠蛇龟鸟雀鹰鹤马柜架表杯壶瓶灯椅床桌锅碗盘鞋靴包裙衫裤帽伞车机器笔纸窗板砖"
+    "犬猫狗鸭鸡鹅鱼虾蟹熊虎牛羊猪兔鼠蛇龟鸟雀鹰鹤马鹿驴骡狼豹象猴狮蝶蛙鸽鸥雁蜂蚁蚕"
+    "柜架表杯壶瓶灯椅床桌锅碗盘鞋靴包裙衫裤帽伞车机器笔纸窗板砖"
     "箱盒袋镜钟锁扣链肉饭面糕饼汤粥酒奶茶糖粉酱序赋图画词诗帖经记上下里中外内旁边前后们的"
 )
+# One-character words that make an HMM-found 2-character word before them a dish, an animal or a place
+# (白切 鸡, 周黑 鸭, 雷峰 塔), not a name.
+_DISH_OR_PLACE_ENDINGS = frozenset("鸡鸭鹅鱼虾蟹猪牛羊兔饭面糕饼汤粥酒茶糖粉酱肉菜瓜豆花草树果塔楼桥寺庙殿宫街路店馆")
 _NAME_JOINERS = ("·", "•", "・")  # 泰勒·斯威夫特: both sides of the dot are one name
+
+
+# Common last characters of given names that jieba's dictionary also ends many everyday words with.
+_GIVEN_NAME_FINALS = set("力歌音来日华明英杰军伟强平文")
+
+
+def _everyday_finals(word_tags: dict) -> frozenset[str]:
+    """Characters that end >= 30 three-character dictionary words not tagged nr and at least 8 times as
+    many of them as surname-led nr words (县, 证, 界, 井): a 3-character "name" ending with one is a word."""
+    words, names = Counter(), Counter()
+    for word, tag in word_tags.items():
+        if len(word) == 3:
+            if not tag.startswith("nr"):
+                words[word[2]] += 1
+            elif word[0] in _SURNAMES_SINGLE:
+                names[word[2]] += 1
+    return frozenset(ch for ch, n in words.items() if n >= 30 and n >= 8 * (names[ch] + 1) and ch not in _GIVEN_NAME_FINALS)
 
 
 def _load_two_character_names() -> frozenset[str]:
@@ -166,6 +188,7 @@ class NameMasker:
         self.jieba = jieba
         self.word_tags = posseg.dt.word_tag_tab
         self.two_character_names = _load_two_character_names()
+        self.three_character_finals = _NOT_NAME_FINAL | _everyday_finals(self.word_tags)
 
     @staticmethod
     def _surname_length(token: str) -> int:
@@ -192,13 +215,13 @@ class NameMasker:
             if surname == 2:
                 return 3 <= len(token) <= 4
             if surname == 1:
-                return len(token) == 3 and token[-1] not in _NOT_NAME_FINAL
+                return len(token) == 3 and token[-1] not in self.three_character_finals
             return len(token) >= 3 and all(ch in _TRANSLIT for ch in token)
         if surname == 2:  # found by the HMM
             return 3 <= len(token) <= 4 and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[2:])
         if surname == 1:
-            return (2 <= len(token) <= 3 and token[-1] not in _NOT_NAME_FINAL
-                    and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[1:]))
+            finals = _NOT_NAME_FINAL if len(token) == 2 else self.three_character_finals
+            return 2 <= len(token) <= 3 and token[-1] not in finals and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[1:])
         return len(token) >= 3 and all(ch in _TRANSLIT for ch in token)
 
     def spans(self, tokens: list[str]) -> list[tuple[int, int]]:
@@ -221,9 +244,13 @@ class NameMasker:
                 marks[i] = (start, start + surname)
             elif cjk[i] and len(token) >= 3 and (tags[i] or "").startswith("nr") and self._title_suffix(token):
                 marks[i] = (start, start + len(token) - self._title_suffix(token))  # 居里夫人 -> 居里
-            elif self.is_name(token):
-                end = start + len(token) - (len(token) >= 3 and token.endswith("家"))  # 张伟家 -> 张伟
-                marks[i] = (start, end)
+            elif surname and tags[i] is None and len(token) > surname + 1 and self._title_suffix(token[: surname + 2]) == 0 \
+                    and any(token[surname:surname + k] in _TITLES for k in (1, 2)):
+                marks[i] = (start, start + surname)  # found by the HMM with the title glued on: 吴总在 -> 吴
+            elif len(token) >= 3 and token.endswith("家") and self.is_name(token[:-1]):
+                marks[i] = (start, start + len(token) - 1)  # 张伟家 -> 张伟
+            elif self.is_name(token) and not (tags[i] is None and len(token) == 2 and following in _DISH_OR_PLACE_ENDINGS):
+                marks[i] = (start, start + len(token))  # (白切 鸡, 周黑 鸭: a dish or an animal, not a name)
             elif cjk[i] and len(token) >= 4 and (tags[i] or "").startswith("nr") and token[:2] in self.two_character_names:
                 marks[i] = (start, start + 2)  # 鲁迅故居, 武松打虎 -> the name only
             elif 2 <= len(token) <= 3 and surname and following in _TITLES:
@@ -239,8 +266,8 @@ class NameMasker:
                     marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + len(nxt)), None  # 蔡 徐坤, 杜 海涛
                     i += 2
                     continue
-                if len(token) == 2 and token in _SURNAMES_COMPOUND and len(nxt) == 1:
-                    marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + 1), None  # 皇甫 军
+                if len(token) == 2 and token in _SURNAMES_COMPOUND and (len(nxt) == 1 or (len(nxt) == 2 and (nxt_tag is None or nxt_tag.startswith("nr")))):
+                    marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + len(nxt)), None  # 皇甫 军, 欧阳 娜娜
                     i += 2
                     continue
                 if (len(token) == 2 and token[0] in _SURNAMES_SINGLE and len(nxt) == 1 and (nxt_tag or "").startswith("nr")
@@ -255,6 +282,9 @@ class NameMasker:
                     marks[i + 1] = (offsets[i + 1], offsets[i + 1] + len(tokens[i + 1]))
                 if marks[i + 1] and not marks[i - 1] and cjk[i - 1]:
                     marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))
+                if not marks[i - 1] and not marks[i + 1] and all(cjk[j] and set(tokens[j]) <= _TRANSLIT for j in (i - 1, i + 1)):
+                    marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))  # 哈利 · 波特
+                    marks[i + 1] = (offsets[i + 1], offsets[i + 1] + len(tokens[i + 1]))
         covered = {position for mark in marks if mark for position in range(*mark)}
         for i in range(n - 2):  # 孙 建华 先生: a surname, two characters, a title
             if (tokens[i + 2] in _TITLES and tokens[i] in _SURNAMES_SINGLE and len(tokens[i + 1]) == 2 and cjk[i + 1]
