@@ -31,7 +31,7 @@ def load_labelled(path: str = LABELLED) -> list[dict]:
 
 def main() -> None:
     examples = load_labelled()
-    splits = {split: [e for e in examples if e["split"] == split] for split in ("dev", "heldout", "heldout2")}
+    splits = {split: [e for e in examples if e["split"] == split] for split in ("dev", "heldout", "heldout2", "heldout3")}
     splits["all"] = examples
     name_spans(examples[0]["caption"], "fast"), name_spans(examples[0]["caption"], "posseg")  # load jieba before timing
     result = {
@@ -55,7 +55,7 @@ def main() -> None:
         }
     print(f"{'masker':8s} {'split':8s} {'precision':>9s} {'recall':>7s} {'spans':>6s} {'names':>6s}")
     for masker in ("posseg", "fast"):
-        for split in ("dev", "heldout", "heldout2", "all"):
+        for split in ("dev", "heldout", "heldout2", "heldout3", "all"):
             s = result[masker][split]
             print(f"{masker:8s} {split:8s} {s['precision']:9.4f} {s['recall']:7.4f} {s['spans_found']:6d} {s['names']:6d}")
     print(f"captions/s (masking only): posseg {result['posseg']['captions_per_s_masking_only']}, fast {result['fast']['captions_per_s_masking_only']}")

@@ -67,7 +67,7 @@ _TRANSLIT = set(
 _NOT_IN_GIVEN_NAMES = set(
     "焖炒煮炖烤炸蒸煎卤腌锅碗盘饭面肉汤糕饼酱醋糖盐粥奶蛋虾蟹鸡鸭鹅猪菜瓜豆枝根茎藤卡欧"
     "网件型号款版图片像视频屏纸墙砖柜架床桌椅窗灯箱袋鞋袜裤裙衫帽店厂市区县镇村街楼房室厅站岛桥塔寺庙殿"
-    "在了是的被把给从对着过吗呢吧啊都就才又还也"
+    "在了是的被把给从对着过吗呢吧啊都就才又还也腰腿脚臂肩胸背腹颈脖耳鼻嘴唇牙舌"
 )
 # Last characters of places, plants, animals, objects and positions, not of given names: jieba tags
 # 金字塔, 胡萝卜, 石英表, 黄鹤楼 nr, and they start with a surname.
@@ -80,6 +80,10 @@ _NOT_NAME_FINAL = _NOT_IN_GIVEN_NAMES | set(
 # One-character words that make an HMM-found 2-character word before them a dish, an animal or a place
 # (白切 鸡, 周黑 鸭, 雷峰 塔), not a name.
 _DISH_OR_PLACE_ENDINGS = frozenset("鸡鸭鹅鱼虾蟹猪牛羊兔饭面糕饼汤粥酒茶糖粉酱肉菜瓜豆花草树果塔楼桥寺庙殿宫街路店馆")
+# Last characters of product nouns (剪刀, 药膏, 吹风机, 运动服; common nouns, not events like 世界杯/nz): a
+# "name" right before one is a brand (张小泉 剪刀, 马应龙 药膏), unless a photo word follows (肖战 手机 壁纸).
+_PRODUCT_ENDINGS = frozenset("机器仪包鞋靴服裤裙衫帽镜膏霜液油粉茶酒面刀剪锅杯壶瓶链镯戒环钻笔灯柜架床桌椅箱盒袋表车")
+_PHOTO_WORDS = frozenset("壁纸 图片 照片 写真 剧照 海报 头像 表情包 截图 视频 高清 签名 同款 照 图 美图 大片 街拍 素材".split())
 _NAME_JOINERS = ("·", "•", "・")  # 泰勒·斯威夫特: both sides of the dot are one name
 
 
@@ -201,6 +205,12 @@ class NameMasker:
         """Length of a title ending token after at least two other characters (居里夫人 -> 2), else 0."""
         return next((k for k in (1, 2) if len(token) - k >= 2 and token[-k:] in _TITLES), 0)
 
+    def _starts_with_word(self, token: str) -> bool:
+        """A 3-character word whose first two characters are a common dictionary word (frequency >= 50) other
+        than a listed name is a compound of that word (孔雀舞, 白桦林, 石狮子, 王家沙), not surname + given name;
+        rare dictionary entries (韩美, 乔布) are segmentation noise."""
+        return self.jieba.dt.FREQ.get(token[:2], 0) >= 50 and token[:2] not in self.two_character_names
+
     def is_name(self, token: str) -> bool:
         """Whether one jieba token, taken alone, is a person name (the context rules are in `spans`)."""
         if not token or not all(_CJK.match(ch) for ch in token):
@@ -215,7 +225,7 @@ class NameMasker:
             if surname == 2:
                 return 3 <= len(token) <= 4
             if surname == 1:
-                return len(token) == 3 and token[-1] not in self.three_character_finals
+                return len(token) == 3 and token[-1] not in self.three_character_finals and not self._starts_with_word(token)
             return len(token) >= 3 and all(ch in _TRANSLIT for ch in token)
         if surname == 2:  # found by the HMM
             return 3 <= len(token) <= 4 and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[2:])
@@ -255,6 +265,10 @@ class NameMasker:
                 marks[i] = (start, start + 2)  # 鲁迅故居, 武松打虎 -> the name only
             elif 2 <= len(token) <= 3 and surname and following in _TITLES:
                 marks[i] = (start, start + len(token))  # any surname-led word before a title: 高峰 老师
+        for i in range(n - 1):  # a brand before its product: 马应龙 药膏, 戴森 吹风机
+            if (marks[i] and marks[i] == (offsets[i], offsets[i] + len(tokens[i])) and cjk[i + 1] and len(tokens[i + 1]) >= 2
+                    and tokens[i + 1][-1] in _PRODUCT_ENDINGS and tags[i + 1] in (None, "n") and not _PHOTO_WORDS & set(tokens[i + 1:i + 4])):
+                marks[i] = None
         i = 0
         while i < n - 1:  # names jieba cut in two
             token, nxt = tokens[i], tokens[i + 1]
@@ -279,7 +293,10 @@ class NameMasker:
         for i, token in enumerate(tokens):
             if token in _NAME_JOINERS and 0 < i < n - 1:  # 奥黛丽 · 赫本
                 if marks[i - 1] and not marks[i + 1] and cjk[i + 1]:
-                    marks[i + 1] = (offsets[i + 1], offsets[i + 1] + len(tokens[i + 1]))
+                    after = tokens[i + 1]
+                    length = len(after) if self.is_name(after) or len(after) <= 3 else next(
+                        (k for k in range(len(after), 1, -1) if set(after[:k]) <= _TRANSLIT), len(after))
+                    marks[i + 1] = (offsets[i + 1], offsets[i + 1] + length)  # 朱莉红毯 -> 朱莉
                 if marks[i + 1] and not marks[i - 1] and cjk[i - 1]:
                     marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))
                 if not marks[i - 1] and not marks[i + 1] and all(cjk[j] and set(tokens[j]) <= _TRANSLIT for j in (i - 1, i + 1)):
