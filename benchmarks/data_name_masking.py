@@ -35,7 +35,8 @@ def main() -> None:
     splits["all"] = examples
     name_spans(examples[0]["caption"], "fast"), name_spans(examples[0]["caption"], "posseg")  # load jieba before timing
     result = {
-        "machine": "2-core CPU sandbox, no GPU (shared with other jobs)",
+        "machine": "2-core CPU sandbox, no GPU (shared with other jobs: timings are noisy)",
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
         "labelled_set": os.path.relpath(LABELLED, ROOT),
         "captions": {split: len(rows) for split, rows in splits.items()},
         "names": {split: sum(len(e["names"]) for e in rows) for split, rows in splits.items()},

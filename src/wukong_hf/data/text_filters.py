@@ -40,6 +40,7 @@ DROP_REASONS = ("meaningless", "sensitive_word", "frequent_caption", "too_few_wo
 _FILE_NAME = re.compile(r"^[\w\-. ()\[\]]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)$", re.IGNORECASE)
 _BARE_URL = re.compile(r"^(https?://|ftp://|www\.)\S*$", re.IGNORECASE)
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CJK_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 # The ~130 most common Chinese surnames (by population) and the compound ones: jieba's HMM finds names
 # outside its dictionary as 2-3 character words, and they nearly always start with one of these.
 _SURNAMES_SINGLE = set(
@@ -85,6 +86,8 @@ _DISH_OR_PLACE_ENDINGS = frozenset("鸡鸭鹅鱼虾蟹猪牛羊兔饭面糕饼�
 _PRODUCT_ENDINGS = frozenset("机器仪包鞋靴服裤裙衫帽镜膏霜液油粉茶酒面刀剪锅杯壶瓶链镯戒环钻笔灯柜架床桌椅箱盒袋表车")
 _PHOTO_WORDS = frozenset("壁纸 图片 照片 写真 剧照 海报 头像 表情包 截图 视频 高清 签名 同款 照 图 美图 大片 街拍 素材".split())
 _NAME_JOINERS = ("·", "•", "・")  # 泰勒·斯威夫特: both sides of the dot are one name
+_JOINER_SET = frozenset(_NAME_JOINERS)
+_JOINERS_AND_TITLES = _JOINER_SET | _TITLES
 
 
 # Common last characters of given names that jieba's dictionary also ends many everyday words with.
@@ -213,7 +216,7 @@ class NameMasker:
 
     def is_name(self, token: str) -> bool:
         """Whether one jieba token, taken alone, is a person name (the context rules are in `spans`)."""
-        if not token or not all(_CJK.match(ch) for ch in token):
+        if not _CJK_WORD.fullmatch(token):
             return False
         surname = self._surname_length(token)
         tag = self.word_tags.get(token)
@@ -241,13 +244,18 @@ class NameMasker:
         for token in tokens:
             offsets.append(position)
             position += len(token)
-        cjk = [bool(token) and all(_CJK.match(ch) for ch in token) for token in tokens]
+        cjk = [_CJK_WORD.fullmatch(token) is not None for token in tokens]
         tags = [self.word_tags.get(token) for token in tokens]
         marks: list[tuple[int, int] | None] = [None] * n
         for i, token in enumerate(tokens):
+            if not cjk[i]:
+                continue
+            surname = self._surname_length(token)
+            tag = tags[i]
+            if not surname and tag is not None and not tag.startswith("nr") and not token.endswith("家"):
+                continue  # most tokens: an everyday dictionary word (fast path, no rule below can apply)
             start = offsets[i]
             following = tokens[i + 1] if i + 1 < n else ""
-            surname = self._surname_length(token) if cjk[i] else 0
             if surname and len(token) > surname and token[surname:] in _TITLES:  # 李女士 -> 李
                 marks[i] = (start, start + surname)
             elif surname and len(token) == surname and following in _TITLES:  # 王 老师 -> 王
@@ -265,6 +273,9 @@ class NameMasker:
                 marks[i] = (start, start + 2)  # 鲁迅故居, 武松打虎 -> the name only
             elif 2 <= len(token) <= 3 and surname and following in _TITLES:
                 marks[i] = (start, start + len(token))  # any surname-led word before a title: 高峰 老师
+        if not any(marks) and not any(token[:1] in _SURNAMES_SINGLE or token in _SURNAMES_COMPOUND for token in tokens) \
+                and not _JOINERS_AND_TITLES.intersection(tokens):
+            return []  # no name, surname, title or joiner: nothing below can apply (fast path)
         for i in range(n - 1):  # a brand before its product: 马应龙 药膏, 戴森 吹风机
             if (marks[i] and marks[i] == (offsets[i], offsets[i] + len(tokens[i])) and cjk[i + 1] and len(tokens[i + 1]) >= 2
                     and tokens[i + 1][-1] in _PRODUCT_ENDINGS and tags[i + 1] in (None, "n") and not _PHOTO_WORDS & set(tokens[i + 1:i + 4])):
@@ -290,7 +301,7 @@ class NameMasker:
                     i += 2
                     continue
             i += 1
-        for i, token in enumerate(tokens):
+        for i, token in enumerate(tokens if _JOINER_SET.intersection(tokens) else ()):
             if token in _NAME_JOINERS and 0 < i < n - 1:  # 奥黛丽 · 赫本
                 if marks[i - 1] and not marks[i + 1] and cjk[i + 1]:
                     after = tokens[i + 1]
@@ -302,12 +313,19 @@ class NameMasker:
                 if not marks[i - 1] and not marks[i + 1] and all(cjk[j] and set(tokens[j]) <= _TRANSLIT for j in (i - 1, i + 1)):
                     marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))  # 哈利 · 波特
                     marks[i + 1] = (offsets[i + 1], offsets[i + 1] + len(tokens[i + 1]))
-        covered = {position for mark in marks if mark for position in range(*mark)}
-        for i in range(n - 2):  # 孙 建华 先生: a surname, two characters, a title
+        has_title = not _TITLES.isdisjoint(tokens)
+        covered = {position for mark in marks if mark for position in range(*mark)} if has_title else set()
+        for i in range(n - 2 if has_title else 0):  # 孙 建华 先生: a surname, two characters, a title
             if (tokens[i + 2] in _TITLES and tokens[i] in _SURNAMES_SINGLE and len(tokens[i + 1]) == 2 and cjk[i + 1]
                     and offsets[i] not in covered and offsets[i + 1] not in covered):
                 marks[i] = (offsets[i], offsets[i] + 3)
-        return sorted(mark for mark in marks if mark)
+        spans: list[tuple[int, int]] = []
+        for start, end in sorted(mark for mark in marks if mark):
+            if spans and start == spans[-1][1] + 1 and "".join(tokens)[start - 1] in _NAME_JOINERS:
+                spans[-1] = (spans[-1][0], end)  # 泰勒·斯威夫特 is one name: one "<人名>"
+            else:
+                spans.append((start, end))
+        return spans
 
     def __call__(self, caption: str) -> str:
         """caption -> caption with every person name replaced by "<人名>"."""
