@@ -70,6 +70,8 @@ def test_prepare_only_shards_keeps_one_default_config(tmp_path):
 def test_prepare_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="nothing to prepare"):
         prepare_dataset_repo(tmp_path / "repo")
+    with pytest.raises(FileNotFoundError, match="shards folder .*nope' does not exist; pass the --out folder of `wukong data download`"):
+        prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="run `wukong data download` first"):
         prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "empty")
@@ -107,6 +109,13 @@ def test_push_dry_run_cli_and_unsafe_files(prepared, capsys):
     (repo / "evil.pkl").write_bytes(b"x")
     with pytest.raises(ValueError, match=r"refusing to upload .*evil.pkl"):
         push_dataset_repo(repo, "me/wukong", dry_run=True)
+
+
+def test_cli_prepare_names_an_empty_pairs_folder(tmp_path, capsys):
+    (tmp_path / "filtered").mkdir()
+    assert main(["data", "prepare", "--out", str(tmp_path / "repo"), "--pairs", str(tmp_path / "filtered")]) == 2
+    err = capsys.readouterr().err
+    assert "no Parquet files at" in err and "pass the --out folder of `wukong data filter`" in err
 
 
 def test_cli_prepare_and_report(tmp_path, capsys):

@@ -89,7 +89,7 @@ def _cmd_prepare(args) -> int:
 
     pairs = sorted(p for pattern in (args.pairs or []) for p in (glob.glob(os.path.join(pattern, "*.parquet")) if os.path.isdir(pattern) else glob.glob(pattern)))
     if args.pairs and not pairs:
-        raise FileNotFoundError(f"no Parquet files at {args.pairs}")
+        raise FileNotFoundError(f"no Parquet files at {args.pairs}; pass the --out folder of `wukong data filter` or its .parquet files")
     filter_report = next((os.path.join(p, "filter_report.json") for p in (args.pairs or []) if os.path.isdir(p)), None)
     _print(prepare_dataset_repo(args.out, pairs=pairs, shards_dir=args.shards, filter_report=filter_report,
                                 card_template=args.card_template or CARD_TEMPLATE))

@@ -141,6 +141,8 @@ def prepare_dataset_repo(
                          "nothing for the pairs config; rerun `wukong data filter` or leave out --pairs")
     tars = []
     if shards_dir:
+        if not os.path.isdir(shards_dir):
+            raise FileNotFoundError(f"shards folder {os.fspath(shards_dir)!r} does not exist; pass the --out folder of `wukong data download`")
         tars = sorted(glob.glob(os.path.join(shards_dir, "*.tar")))
         if not tars:
             raise FileNotFoundError(f"no .tar shards in {os.fspath(shards_dir)!r}; run `wukong data download` first")
