@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wukong_hf.evaluation import FeatureBank, retrieval_ranks, shortlist_ranks
+from wukong_hf import SimilarityRule, WukongImageFeatures, WukongTextFeatures
+from wukong_hf.evaluation import retrieval_ranks, shortlist_ranks
 from wukong_hf.evaluation.retrieval import retrieval_metrics_from_ranks
 
 CAPTIONS_PER_IMAGE = 5
@@ -44,9 +45,9 @@ def synthetic_features(num_images: int, image_tokens: int, text_tokens: int, dim
         # noise of norm ~4 per token against a unit signal: a hard but learnable match
         noisy = images[owner[rows, None], picks] + 4.0 * torch.randn(len(owner[rows]), text_tokens, dim, generator=g) / dim**0.5
         texts[rows] = F.normalize(noisy, dim=-1) * text_mask[rows, :, None]
-    image_bank = FeatureBank(F.normalize(images.mean(1), dim=-1), images, torch.ones(num_images, image_tokens, dtype=torch.bool))
+    image_bank = WukongImageFeatures(F.normalize(images.mean(1), dim=-1), images, torch.ones(num_images, image_tokens, dtype=torch.bool))
     text_global = F.normalize(texts.sum(1), dim=-1)
-    text_bank = FeatureBank(text_global, texts, text_mask)
+    text_bank = WukongTextFeatures(text_global, texts, text_mask)
     return image_bank, text_bank, [[int(i)] for i in owner]
 
 
@@ -56,9 +57,10 @@ def run_mode(args) -> dict:
     feature_bytes = sum(t.numel() * t.element_size() for bank in (images, texts) for t in (bank.embeds, bank.token_embeds, bank.token_mask))
     start = time.perf_counter()
     if args.mode == "exact":
-        ranks = retrieval_ranks(images, texts, text_images, "token_wise", image_block_size=args.block, progress=False)
+        ranks = retrieval_ranks(images, texts, text_images, SimilarityRule("token_wise"), image_block_size=args.block, progress=False)
     else:
-        ranks = shortlist_ranks(images, texts, text_images, shortlist=args.shortlist, progress=False)
+        ranks = shortlist_ranks(images, texts, text_images, SimilarityRule("token_wise"), shortlist=args.shortlist,
+                                progress=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {

@@ -41,10 +41,10 @@ def worker(locked: bool, threads: int, out_file: str) -> None:
     torch.manual_seed(0)
     config = preset_config("tiny-global", vision_config=VISION, image_size=96)
     model = WukongModel(config).train()
-    model.lock_image_tower(locked)
+    step = DualEncoderStep(model, lock_image_tower=locked)
     optimizer = build_optimizer(model, OptimSection())
-    step, optimizer = accelerator.prepare(DualEncoderStep(model), optimizer)
-    loss_fn = ContrastiveLoss(similarity="global", layout="lit" if locked else "local")
+    step, optimizer = accelerator.prepare(step, optimizer)
+    loss_fn = ContrastiveLoss(model.similarity_rule, layout="lit" if locked else "local")
     batch = GLOBAL_BATCH // world
     text = WukongProcessor.from_config(config)(text=[f"第{i}张图片" for i in range(batch)])
     micro = [{"pixel_values": torch.randn(batch, 3, 96, 96), **text}]

@@ -28,10 +28,9 @@ def measure(similarity: str, locked: bool, batch: int, accumulation: int, repeat
     torch.manual_seed(0)
     config = preset_config("tiny-global", vision_config=VISION, image_size=96, similarity=similarity)
     model = WukongModel(config).train()
-    model.lock_image_tower(locked)
     accelerator = Accelerator(cpu=True)
-    step = DualEncoderStep(model)
-    loss_fn = ContrastiveLoss(similarity=similarity, layout="lit" if locked else "local")
+    step = DualEncoderStep(model, lock_image_tower=locked)
+    loss_fn = ContrastiveLoss(model.similarity_rule, layout="lit" if locked else "local")
     processor = WukongProcessor.from_config(config)
     text = processor(text=[f"第{i}张图片" for i in range(batch)])
     micro = [{"pixel_values": torch.randn(batch, 3, 96, 96), **text} for _ in range(accumulation)]

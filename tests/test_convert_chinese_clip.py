@@ -53,3 +53,29 @@ def test_missing_source_folder_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot load a ChineseCLIPModel from .*nothing-here"):
         convert_chinese_clip(tmp_path / "nothing-here", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_conversion_keeps_the_source_image_processor(tmp_path):
+    """OFA-Sys configs squash to the square size without a centre crop: the converted model must see those pixels."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor, ChineseCLIPImageProcessor
+
+    source = tiny_chinese_clip()
+    source.save_pretrained(tmp_path / "cc")
+    squash = ChineseCLIPImageProcessor(size={"height": 32, "width": 32}, crop_size={"height": 32, "width": 32},
+                                       do_center_crop=False)
+    squash.save_pretrained(tmp_path / "cc")
+    convert_chinese_clip(tmp_path / "cc", tmp_path / "out")
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    ramp = np.broadcast_to(np.linspace(0, 255, 640)[None, :, None], (360, 640, 3))  # dark left, bright right
+    image = Image.fromarray(ramp.astype("uint8"))
+    expected = squash(image, return_tensors="pt")["pixel_values"]
+    got = processor(images=[image])["pixel_values"]
+    assert torch.equal(got, expected)
+    default = WukongProcessor.from_defaults(32)(images=[image])["pixel_values"]
+    assert (default - expected).abs().max() > 0.5  # the default (short side + centre crop) would differ a lot
+    # Without an image processor beside the source, the released Wukong preprocessing is used and noted.
+    source.save_pretrained(tmp_path / "bare")
+    report = convert_chinese_clip(tmp_path / "bare", tmp_path / "out2")
+    assert any("no image processor beside the source" in note for note in report.notes)

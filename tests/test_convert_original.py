@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from official_reference import official_global_scores, official_token_wise_scores
 from torch import nn
 
 from wukong_hf import WukongModel, WukongProcessor, preset_config
@@ -90,7 +91,7 @@ def _resblocks(x, sd, prefix, heads, mask=None):
     while f"{prefix}{n}.ln_1.weight" in sd:
         p = f"{prefix}{n}."
         width = x.shape[-1]
-        attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        attn = nn.MultiheadAttention(width, heads, batch_first=True, dtype=x.dtype)
         attn.load_state_dict({
             "in_proj_weight": sd[p + "attn.in_proj_weight"], "in_proj_bias": sd[p + "attn.in_proj_bias"],
             "out_proj.weight": sd[p + "attn.out_proj.weight"], "out_proj.bias": sd[p + "attn.out_proj.bias"],
@@ -132,23 +133,21 @@ def reference_image_tokens(sd, pixels, heads, groups):
 
 def reference_text_tokens(sd, ids, heads):
     x = sd["transformer.token_embedding.weight"][ids] + sd["transformer.positional_embedding"][: ids.shape[1]]
-    causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)
+    causal = torch.full((ids.shape[1], ids.shape[1]), float("-inf"), dtype=x.dtype).triu(1)
     x = _resblocks(x, sd, "transformer.resblocks.", heads, mask=causal)
     return _layer_norm(x, sd, "transformer.ln_final") @ sd["transformer.text_projection"]
 
 
 def reference_scores(image, text, ids, scale, token_wise, image_cls_first=True):
-    """Released scoring: global ([CLS] or mean image feature, [SEP] text feature) or token-wise."""
+    """Released scoring (official_reference): global ([CLS] or mean image feature, [SEP] text feature)
+    or token-wise over the full 32-token layout (text [CLS] and [SEP] count; padding offers 0)."""
     if not token_wise:
         img = F.normalize(image[:, 0] if image_cls_first else image.mean(1), dim=-1)
         txt = F.normalize(text[torch.arange(ids.shape[0]), (ids != 0).sum(-1) - 1], dim=-1)
-        return scale * img @ txt.t(), scale * txt @ img.t()
+        i2t, t2i = official_global_scores(img, txt)
+        return scale * i2t, scale * t2i
     img = F.normalize(image[:, 1:] if image_cls_first else image, dim=-1)  # ViT drops the image [CLS]
-    txt = F.normalize(text, dim=-1)
-    mask = ids > 0  # text [CLS] and [SEP] count, padding does not
-    sim = torch.einsum("ikd,jrd->ijkr", img, txt)
-    i2t = sim.masked_fill(~mask[None, :, None, :], float("-inf")).amax(-1).mean(-1)
-    t2i = (sim.amax(2) * mask[None]).sum(-1).t() / mask.sum(-1, keepdim=True)
+    i2t, t2i = official_token_wise_scores(img, F.normalize(text, dim=-1), ids)
     return scale * i2t, scale * t2i
 
 

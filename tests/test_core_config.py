@@ -47,7 +47,12 @@ def test_released_and_paper_token_choices_differ_as_documented():
     assert released.text_config.model_type == "clip_text_model" and released.text_pooling == "eos"
     assert released.token_wise_text_cls and released.token_wise_text_sep and not released.token_wise_image_cls
     assert paper.text_config.model_type == "bert" and paper.text_pooling == "cls"
-    assert not paper.token_wise_text_cls and paper.token_wise_text_sep and paper.lock_image_tower
+    assert not paper.token_wise_text_cls and paper.token_wise_text_sep
+    # Scoring: released presets score as the released evaluation code, paper presets as the paper.
+    assert released.token_wise_padding == "zero" and released.ensemble_method == "probability"
+    assert preset_config("wukong-vit-b-32-global").ensemble_method == "embedding"
+    assert paper.token_wise_padding == "ignore" and paper.ensemble_method == "similarity"
+    assert "lock_image_tower" not in paper.to_dict()  # LiT is a training decision (configs/*.yaml)
     assert preset_config("wukong-vit-b-32-global").projection_dim == 512
     assert preset_config("wukong-vit-l-14-global").projection_dim == 768
     assert preset_config("wukong-swin-l").image_pooling == "mean"

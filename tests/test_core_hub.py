@@ -153,6 +153,7 @@ classes = {
     "processor": type(AutoProcessor.from_pretrained(folder, trust_remote_code=True)).__module__,
     "tokenizer": type(AutoTokenizer.from_pretrained(folder, trust_remote_code=True)).__name__,
     "image_processor": type(AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)).__name__,
+    "image_processor_module": type(AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)).__module__,
 }
 print(json.dumps({"result": result, "classes": classes, "wukong_hf_loaded": any(m.startswith("wukong_hf") for m in sys.modules)}))
 """
@@ -177,7 +178,8 @@ def test_zero_shot_pipeline_runs_from_remote_code_where_wukong_hf_cannot_be_impo
     assert not out["wukong_hf_loaded"]
     assert out["classes"]["model"].startswith("transformers_modules.") and out["classes"]["model"].endswith(".WukongModel")
     assert out["classes"]["processor"].startswith("transformers_modules.")
-    assert out["classes"]["tokenizer"] == "BertTokenizer" and out["classes"]["image_processor"] == "CLIPImageProcessor"
+    assert out["classes"]["image_processor_module"].startswith("transformers_modules.")
+    assert out["classes"]["tokenizer"] == "BertTokenizer" and out["classes"]["image_processor"] == "WukongImageProcessor"
     # The remote-code pipeline's scores are the package model's softmax over the filled-in templates.
     labels = ["猫", "狗", "飞机"]
     with torch.no_grad():

@@ -1,5 +1,7 @@
 """WukongModel: shapes, both heads, padding invariance, reference formula, LiT, attention backends, bad input."""
 
+import json
+
 import pytest
 import torch
 from conftest import make_tiny, random_images
@@ -67,7 +69,7 @@ def test_token_wise_logits_match_the_paper_formula_by_plain_loops(preset, text_c
     assert torch.equal(out.text_token_mask, text_mask)
     assert not out.image_token_mask[:, 0].any() and out.image_token_mask[:, 1:].all()
     i2t, t2i = _paper_reference(out.image_token_embeds, out.image_token_mask, out.text_token_embeds, text_mask)
-    scale = model.temperature_scale.item()
+    scale = model.inverse_temperature.item()
     torch.testing.assert_close(out.logits_per_image, scale * i2t, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(out.logits_per_text, scale * t2i, atol=1e-4, rtol=1e-4)
 
@@ -117,10 +119,10 @@ def test_cached_features_score_like_forward(tiny_token_wise):
 def test_logit_scale_is_learnable_and_clamped_at_100(tiny_global):
     model, processor = tiny_global
     assert model.logit_scale.requires_grad
-    assert model.temperature_scale.item() == pytest.approx(1 / 0.07, rel=1e-5)
+    assert model.inverse_temperature.item() == pytest.approx(1 / 0.07, rel=1e-5)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)
-    assert model.temperature_scale.item() == pytest.approx(100.0)
+    assert model.inverse_temperature.item() == pytest.approx(100.0)
 
 
 def test_loss_is_the_symmetric_infonce():
@@ -152,9 +154,11 @@ def test_eager_and_sdpa_attention_give_the_same_outputs(preset):
 
 
 def test_locked_image_tower_gets_no_gradient_and_keeps_its_weights():
+    from wukong_hf.training.step import DualEncoderStep
+
     model, processor = make_tiny("tiny-token-wise")
-    model.lock_image_tower()
-    model.train()
+    step = DualEncoderStep(model, lock_image_tower=True)  # LiT is the training run's decision
+    step.train()
     assert not model.vision_model.training and model.text_model.training
     before = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -162,9 +166,10 @@ def test_locked_image_tower_gets_no_gradient_and_keeps_its_weights():
     inputs = processor(text=CAPTIONS[:2], images=random_images(2))
     text_before = model.text_projection.weight.clone()
     for _ in range(2):
-        out = model(**inputs, return_loss=True)
-        assert not out.vision_model_output.last_hidden_state.requires_grad
-        out.loss.backward()
+        image, text, scale, tower = step(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
+        assert not tower.tokens.requires_grad
+        loss = torch.nn.functional.cross_entropy(scale * image.embeds @ text.embeds.t(), torch.arange(2))
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     assert all(p.grad is None for p in model.vision_model.parameters())
@@ -174,17 +179,24 @@ def test_locked_image_tower_gets_no_gradient_and_keeps_its_weights():
     assert model.visual_projection.weight.requires_grad and model.logit_scale.requires_grad
 
 
-def test_lock_survives_save_and_load(tmp_path):
+def test_a_saved_model_comes_back_trainable_and_old_lock_keys_still_load(tmp_path):
+    from wukong_hf.training.step import DualEncoderStep
+
     model, processor = make_tiny("tiny-token-wise")
-    model.lock_image_tower()
+    DualEncoderStep(model, lock_image_tower=True)
     model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "lock_image_tower" not in config  # the lock is the training run's, never the model's
     again = WukongModel.from_pretrained(tmp_path)
-    assert again.config.lock_image_tower
-    assert not any(p.requires_grad for p in again.vision_model.parameters())
+    assert all(p.requires_grad for p in again.parameters())
     again.train()
-    assert not again.vision_model.training
+    assert again.vision_model.training
     for key, value in model.vision_model.state_dict().items():
         assert torch.equal(value, again.vision_model.state_dict()[key])
+    # A config.json written before the lock moved to training still loads (the key is dropped).
+    (tmp_path / "config.json").write_text(json.dumps({**config, "lock_image_tower": True}))
+    old = WukongModel.from_pretrained(tmp_path)
+    assert not hasattr(old.config, "lock_image_tower") and all(p.requires_grad for p in old.parameters())
 
 
 def test_wrong_image_size_is_explained(tiny_token_wise):
@@ -213,3 +225,24 @@ def test_ids_past_the_vocabulary_and_overlong_text_are_explained(tiny_token_wise
         model(input_ids=torch.tensor([[101, 700, 102]]), attention_mask=torch.ones(1, 4), pixel_values=pixels)
     with pytest.raises(ValueError, match="needs both input_ids and pixel_values"):
         model(pixel_values=pixels)
+
+
+@pytest.mark.parametrize("preset", ["tiny-clip-vision", "tiny-token-wise"])
+def test_hidden_states_and_attentions_reach_the_towers(preset):
+    model, processor = make_tiny(preset)
+    inputs = _inputs(processor, n_images=2)
+    plain = model(**inputs)
+    assert plain.text_model_output.hidden_states is None
+    out = model(**inputs, output_hidden_states=True)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(out.text_model_output.hidden_states) == layers + 1
+    assert len(out.vision_model_output.hidden_states) >= 2
+    torch.testing.assert_close(out.logits_per_image, plain.logits_per_image)
+    if preset == "tiny-clip-vision":  # attention maps need eager attention (SDPA does not return them)
+        eager = WukongModel._from_config(model.config, attn_implementation="eager").eval()
+        eager.load_state_dict(model.state_dict())
+        attn = eager(**inputs, output_attentions=True)
+        assert len(attn.text_model_output.attentions) == layers and len(attn.vision_model_output.attentions) == 2
+    else:
+        with pytest.raises(ValueError, match="output_attentions is not available for timm image towers"):
+            model(**inputs, output_attentions=True)

@@ -48,9 +48,10 @@ def test_overlong_text_keeps_its_first_30_pieces_then_sep(processor):
     assert processor.tokenizer.convert_ids_to_tokens(ids[1:31].tolist()) == list(text[:30])
 
 
-def test_empty_caption_is_rejected_with_its_index(processor):
-    with pytest.raises(ValueError, match=r"text\[1\] is empty"):
-        processor(text=["一只猫", "   "])
+def test_empty_caption_is_cls_sep_and_bad_text_is_rejected_with_its_index(processor):
+    # As the released tokenizer: the empty (or blank) caption is [CLS] [SEP], never an error.
+    ids = processor(text=["一只猫", "   ", ""])["input_ids"]
+    assert ids[1, :3].tolist() == [101, 102, 0] and ids[2, :3].tolist() == [101, 102, 0]
     with pytest.raises(TypeError, match=r"text\[0\] is int"):
         processor(text=[3])
     with pytest.raises(ValueError, match="needs text, images or both"):
@@ -95,3 +96,16 @@ def test_processor_round_trips_through_save_pretrained(tmp_path, processor):
     text = "一只在草地上奔跑的狗"
     assert torch.equal(again(text=text)["input_ids"], processor(text=text)["input_ids"])
     assert again.image_processor.crop_size == processor.image_processor.crop_size
+
+
+def test_images_then_text_by_position_like_clip_processor(processor):
+    from conftest import random_images
+
+    images = random_images(2)
+    by_position = processor(images, ["一只猫", "一条狗"])
+    by_name = processor(text=["一只猫", "一条狗"], images=images)
+    legacy = processor(["一只猫", "一条狗"], images)  # the old (text, images) order still works
+    for result in (by_position, legacy):
+        assert torch.equal(result["input_ids"], by_name["input_ids"])
+        assert torch.equal(result["pixel_values"], by_name["pixel_values"])
+    assert processor(images)["pixel_values"].shape[0] == 2 and "input_ids" not in processor(images)

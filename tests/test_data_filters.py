@@ -79,6 +79,75 @@ def test_names_masked_and_counted():
     assert report.names_masked == 1 and report.kept == 2
 
 
+# Everyday captions whose words jieba's dictionary tags nr (issue 15): 小狗, 高清, 三居室, 银杏树.
+EVERYDAY = ["一只黄色的小狗", "高清壁纸下载", "简欧三居室装修效果图", "秋天的银杏树"]
+
+
+def test_everyday_words_jieba_tags_as_names_stay_unmasked():
+    """Regression (issue 15): both maskers followed jieba's nr tags and turned these into "<人名>"."""
+    caption_filter = CaptionFilter(TextFilterConfig(max_occurrences=None))
+    for caption in EVERYDAY:
+        assert caption_filter(caption) == (caption, None)
+        assert NAME_TOKEN in mask_names_posseg(caption)  # the baseline (jieba.posseg alone) still does
+
+
+@pytest.mark.parametrize(
+    "caption, masked",
+    [
+        ("新郎王建国与新娘的合影", f"新郎{NAME_TOKEN}与新娘的合影"),  # 3-character Han name
+        ("李娜的婚纱照", f"{NAME_TOKEN}的婚纱照"),  # 2-character name in jieba's dictionary
+        ("欧阳娜娜大提琴演奏照片", f"{NAME_TOKEN}大提琴演奏照片"),  # compound surname
+        ("王老师的美术课堂", f"{NAME_TOKEN}老师的美术课堂"),  # the title stays
+        ("孙建华先生捐赠的书画作品", f"{NAME_TOKEN}先生捐赠的书画作品"),
+        ("泰勒·斯威夫特演唱会现场", f"{NAME_TOKEN}演唱会现场"),  # transliterated, one name
+        ("周杰伦同款卫衣", f"{NAME_TOKEN}同款卫衣"),
+        ("张伟家的简欧三居室", f"{NAME_TOKEN}家的简欧三居室"),  # a name next to other words
+    ],
+)
+def test_person_names_are_masked(caption, masked):
+    assert CaptionFilter(TextFilterConfig(max_occurrences=None))(caption) == (masked, None)
+
+
+def _labelled_captions():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "name_masking_captions.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_name_masking_precision_and_recall_on_the_labelled_set():
+    """Precision >= 0.95 with recall no lower than jieba.posseg alone on the captions the rules were tuned
+    on; on heldout3 (written before the last tuning round, never tuned on) the measured level is kept:
+    precision 0.84 (posseg 0.54). Numbers: benchmarks/data_name_masking.py."""
+    from wukong_hf.data.text_filters import name_masking_scores, name_spans
+
+    examples = _labelled_captions()
+    assert len(examples) >= 300 and sum(len(e["names"]) for e in examples) >= 100
+    tuned = [e for e in examples if e["split"] != "heldout3"]
+    heldout = [e for e in examples if e["split"] == "heldout3"]
+    for rows, min_precision in ((tuned, 0.95), (heldout, 0.80), (examples, 0.94)):
+        fast = name_masking_scores(rows, name_spans)
+        posseg = name_masking_scores(rows, lambda caption: name_spans(caption, "posseg"))
+        assert fast["precision"] >= min_precision, fast["false_positives"]
+        assert posseg["precision"] < 0.7  # the baseline masks everyday words
+        if rows is not heldout:
+            assert fast["recall"] >= posseg["recall"], fast["missed"]
+    assert name_masking_scores(heldout, name_spans)["recall"] >= 0.80
+
+
+def test_name_masking_scores_definition():
+    from wukong_hf.data.text_filters import name_masking_scores
+
+    examples = [{"caption": "王老师和小狗", "names": ["王"]}, {"caption": "高清壁纸", "names": []}]
+    perfect = name_masking_scores(examples, lambda c: [(0, 1)] if c.startswith("王") else [])
+    assert (perfect["precision"], perfect["recall"]) == (1.0, 1.0)
+    whole_token = name_masking_scores(examples, lambda c: [(0, 3)] if c.startswith("王") else [(0, 2)])
+    assert (whole_token["precision"], whole_token["recall"]) == (0.0, 1.0)  # 王老师 and 高清 are not names
+    with pytest.raises(ValueError, match="labelled name '李' is not in caption"):
+        name_masking_scores([{"caption": "王老师", "names": ["李"]}], lambda c: [])
+
+
 def test_meaningless_rules():
     assert all(is_meaningless(c) for c in MEANINGLESS)
     assert not any(is_meaningless(c) for c in GOOD + ["iPhone 15 开箱"])

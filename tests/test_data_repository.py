@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,6 +70,8 @@ def test_prepare_only_shards_keeps_one_default_config(tmp_path):
 def test_prepare_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="nothing to prepare"):
         prepare_dataset_repo(tmp_path / "repo")
+    with pytest.raises(FileNotFoundError, match="shards folder .*nope' does not exist; pass the --out folder of `wukong data download`"):
+        prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="run `wukong data download` first"):
         prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "empty")
@@ -106,9 +111,139 @@ def test_push_dry_run_cli_and_unsafe_files(prepared, capsys):
         push_dataset_repo(repo, "me/wukong", dry_run=True)
 
 
+def test_cli_prepare_names_an_empty_pairs_folder(tmp_path, capsys):
+    (tmp_path / "filtered").mkdir()
+    assert main(["data", "prepare", "--out", str(tmp_path / "repo"), "--pairs", str(tmp_path / "filtered")]) == 2
+    err = capsys.readouterr().err
+    assert "no Parquet files at" in err and "pass the --out folder of `wukong data filter`" in err
+
+
 def test_cli_prepare_and_report(tmp_path, capsys):
     write_shards(tmp_path / "shards")
     assert main(["data", "prepare", "--out", str(tmp_path / "repo"), "--shards", str(tmp_path / "shards")]) == 0
     assert main(["data", "report", str(tmp_path / "shards")]) == 0
     assert '"kept": 6' in capsys.readouterr().out
     assert main(["data", "report", str(tmp_path / "repo")]) == 2
+
+
+class _ImageServer(BaseHTTPRequestHandler):
+    """/good/N.jpg: a 320x240 JPEG; /garbage/N.jpg: 200 with HTML; anything else: 404."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        if self.path.startswith("/good/"):
+            buf = io.BytesIO()
+            Image.new("RGB", (320, 240), (len(self.path) * 9 % 256, 90, 30)).save(buf, format="JPEG")
+            code, body = 200, buf.getvalue()
+        elif self.path.startswith("/garbage/"):
+            code, body = 200, b"<html>gone</html>"
+        else:
+            code, body = 404, b"not found"
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(autouse=True)
+def own_datasets_cache(tmp_path, monkeypatch):
+    """datasets 5 keys the cache of a local folder by its name and card only (not its path or files),
+    so two test folders both called "repo" would share cached tables."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ImageServer)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _download(server, out, shard_paths, captions_per_shard=3):
+    """One downloader shard per entry of shard_paths ("good", "missing" or "garbage"), through `wukong data download`."""
+    from wukong_hf.data.download import DownloadConfig, download_images
+
+    rows = [{"url": f"{server}/{kind}/{s}-{i}.jpg", "caption": f"第{s}组第{i}张{kind}"}
+            for s, kind in enumerate(shard_paths) for i in range(captions_per_shard)]
+    return download_images(rows, out, DownloadConfig(shard_size=captions_per_shard, threads=4), progress=False)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_failed_shard_is_left_out_and_the_rest_loads(image_server, tmp_path, streaming):
+    """Regression (issue 15): a shard whose URLs all failed used to become a 0-row Parquet that
+    load_dataset rejects with ArrowInvalid 'BatchSize must be greater than 0'."""
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    report = _download(image_server, tmp_path / "shards", ["good", "missing", "good", "garbage"])
+    assert report.kept == 6 and report.failures["http_error"] == 3 and report.failures["not_an_image"] == 3
+    info = prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "shards")
+    assert info["num_images"] == 6
+    assert sorted(p.name for p in (tmp_path / "repo" / "images").iterdir()) == ["00000.parquet", "00002.parquet"]
+    configs = DatasetCard.load(tmp_path / "repo" / "README.md").data.configs
+    assert [c["config_name"] for c in configs] == ["images"]
+    rows = list(load_dataset(str(tmp_path / "repo"), name="images", split="train", streaming=streaming))
+    assert sorted(r["caption"] for r in rows) == sorted(f"第{s}组第{i}张good" for s in (0, 2) for i in range(3))
+    assert all(r["image"].size == (320, 240) for r in rows)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_training_data_path_reads_a_folder_with_a_failed_shard(image_server, tmp_path, streaming):
+    from wukong_hf.training.config import DataSection
+    from wukong_hf.training.loop import load_train_dataset
+
+    _download(image_server, tmp_path / "shards", ["missing", "good"])
+    prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "shards")
+    dataset = load_train_dataset(DataSection(dataset=str(tmp_path / "repo"), name="images", streaming=streaming))
+    rows = list(dataset)
+    assert len(rows) == 3 and all(r["image"].size == (320, 240) and r["caption"].endswith("good") for r in rows)
+
+
+def test_every_shard_failed_is_a_clear_error(image_server, tmp_path):
+    _download(image_server, tmp_path / "shards", ["missing", "garbage"])
+    with pytest.raises(ValueError, match=r"no image in the 2 shard\(s\) of .* \(download report: 0 of 6 URLs kept; "
+                                         r"http_error 3, not_an_image 3\)"):
+        prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "shards")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_prepare_every_shard_failed_says_why_in_one_line(image_server, tmp_path, capsys):
+    _download(image_server, tmp_path / "shards", ["missing"])
+    assert main(["data", "prepare", "--out", str(tmp_path / "repo"), "--shards", str(tmp_path / "shards")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("wukong data: error: no image in the 1 shard(s) of") and "0 of 3 URLs kept; http_error 3" in err
+    assert "rerun `wukong data download`" in err
+
+
+def test_reprepare_removes_the_file_of_a_shard_that_is_now_empty(image_server, tmp_path):
+    """A folder prepared when shard 00001 had images must not keep that file once the shard is empty."""
+    _download(image_server, tmp_path / "shards", ["good", "good"])
+    prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "shards")
+    assert (tmp_path / "repo" / "images" / "00001.parquet").is_file()
+    _download(image_server, tmp_path / "failed", ["missing", "missing"])
+    os.replace(tmp_path / "failed" / "00001.tar", tmp_path / "shards" / "00001.tar")
+    assert prepare_dataset_repo(tmp_path / "repo", shards_dir=tmp_path / "shards")["num_images"] == 3
+    assert sorted(p.name for p in (tmp_path / "repo" / "images").iterdir()) == ["00000.parquet"]
+
+
+def test_empty_pairs_files_are_left_out_and_all_empty_is_an_error(tmp_path):
+    from datasets import load_dataset
+    from huggingface_hub import DatasetCard
+
+    schema = pa.schema([("url", pa.string()), ("caption", pa.string())])
+    pq.write_table(pa.Table.from_pylist([], schema=schema), tmp_path / "pairs-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([{"url": "http://x/1.jpg", "caption": "猫"}], schema=schema), tmp_path / "pairs-00001.parquet")
+    empty, full = str(tmp_path / "pairs-00000.parquet"), str(tmp_path / "pairs-00001.parquet")
+    with pytest.raises(ValueError, match=r"the 1 --pairs file\(s\) hold no rows \(the filter kept no caption"):
+        prepare_dataset_repo(tmp_path / "repo", pairs=[empty])
+    info = prepare_dataset_repo(tmp_path / "repo", pairs=[empty, full])
+    assert info["num_pairs"] == 1 and [p.name for p in (tmp_path / "repo" / "pairs").iterdir()] == ["pairs-00000.parquet"]
+    assert [c["config_name"] for c in DatasetCard.load(tmp_path / "repo" / "README.md").data.configs] == ["pairs"]
+    assert [r["caption"] for r in load_dataset(str(tmp_path / "repo"), name="pairs", split="train")] == ["猫"]

@@ -59,6 +59,66 @@ def test_chinese_clip_reader_counts_bad_rows_or_stops_in_strict_mode(tmp_path):
         read_chinese_clip(folder, "valid", strict=True)
 
 
+def noise_jpeg(seed, size=(24, 24)) -> bytes:
+    """A random-pixel JPEG: its base64 is long and varied enough to hold every alphabet character."""
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("padding", [True, False])
+def test_chinese_clip_reader_accepts_url_safe_base64(tmp_path, padding):
+    """Regression (issue 15): Chinese-CLIP writes its TSVs with base64.urlsafe_b64encode (and its reader
+    decodes with urlsafe_b64decode); those rows were all rejected as broken base64."""
+    images = [noise_jpeg(seed) for seed in range(20)]
+    encoded = [base64.urlsafe_b64encode(data).decode() for data in images]
+    if not padding:
+        encoded = [e.rstrip("=") for e in encoded]
+        assert any(len(e) % 4 for e in encoded)
+    assert any("-" in e for e in encoded) and any("_" in e for e in encoded)
+    (tmp_path / "valid_imgs.tsv").write_text("".join(f"{i}\t{e}\n" for i, e in enumerate(encoded)))
+    texts = [json.dumps({"text_id": 100 + i, "text": f"第{i}张", "image_ids": [i]}, ensure_ascii=False) for i in range(20)]
+    (tmp_path / "valid_texts.jsonl").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    rs = read_chinese_clip(tmp_path, "valid", strict=True)
+    assert rs.skipped == [] and len(rs.image_ids) == 20 and len(rs.texts) == 20
+    assert [rs.image_bytes[i]() for i in range(20)] == images
+
+
+def test_chinese_clip_reader_accepts_standard_base64_without_padding(tmp_path):
+    images = [noise_jpeg(seed) for seed in range(8)]
+    encoded = [base64.b64encode(data).decode().rstrip("=") for data in images]
+    assert any("+" in e for e in encoded) and any("/" in e for e in encoded)
+    (tmp_path / "valid_imgs.tsv").write_text("".join(f"{i}\t{e}\n" for i, e in enumerate(encoded)))
+    (tmp_path / "valid_texts.jsonl").write_text(json.dumps({"text_id": 1, "text": "图", "image_ids": list(range(8))}) + "\n")
+    rs = read_chinese_clip(tmp_path, "valid", strict=True)
+    assert [rs.image_bytes[i]() for i in range(8)] == images
+
+
+def test_chinese_clip_reader_says_why_rows_were_skipped_without_strict(tmp_path, caplog):
+    """Regression (issue 15): 'no usable images or texts were read (40 rows skipped)' gave no reason."""
+    lines = [f"{i}\tnot*base64*{i}" for i in range(20)]
+    (tmp_path / "valid_imgs.tsv").write_text("\n".join(lines) + "\n")
+    texts = [json.dumps({"text_id": 100 + i, "text": "图", "image_ids": [i]}) for i in range(20)]
+    (tmp_path / "valid_texts.jsonl").write_text("\n".join(texts) + "\n")
+    with pytest.raises(ValueError) as err:
+        read_chinese_clip(tmp_path, "valid")
+    message = str(err.value)
+    assert "no usable images or texts were read (40 rows skipped: broken base64 20, images not in the image file 20; " in message
+    assert "first: valid_imgs.tsv line 1 (id '0'): broken base64" in message and "\n" not in message
+    # Some rows usable: the warning names every reason with its count and the first example.
+    write_chinese_clip(tmp_path / "some", bad_rows=True)
+    with caplog.at_level("WARNING", logger="wukong_hf.evaluation.retrieval_sets"):
+        read_chinese_clip(tmp_path / "some", "valid")
+    warning = caplog.records[-1].getMessage()
+    assert warning.startswith("chinese-clip valid: skipped 5 row(s): ")
+    for part in ("broken base64 1", "not a JSON text row 2", "images not in the image file 1", "empty text 1",
+                 "first: valid_imgs.tsv line 4 (id '7'): broken base64"):
+        assert part in warning
+
+
 def test_chinese_clip_reader_names_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="test_imgs.tsv does not exist"):
         read_chinese_clip(tmp_path, "test")

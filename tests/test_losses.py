@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wukong_hf import ContrastiveLoss, contrastive_loss
+from wukong_hf import ContrastiveLoss, SimilarityRule, WukongImageFeatures, WukongTextFeatures, contrastive_loss
 from wukong_hf.losses import _labels
 
 
@@ -32,23 +32,26 @@ def test_one_process_equals_loss_on_model_scores(preset, layout):
     image = model.encode_image(inputs["pixel_values"])
     text = model.encode_text(inputs["input_ids"], inputs["attention_mask"])
     expected = contrastive_loss(*model.score(image, text))
-    similarity = "global" if preset == "tiny-global" else "token_wise"
-    loss = ContrastiveLoss(similarity, layout)(image, text, model.temperature_scale)
+    loss = ContrastiveLoss(model.similarity_rule, layout)(image, text, model.inverse_temperature)
     torch.testing.assert_close(loss, expected)
 
 
 def test_bad_arguments_give_clear_errors():
+    glob = SimilarityRule("global")
     with pytest.raises(ValueError, match="Unknown similarity 'cosine'"):
-        ContrastiveLoss("cosine")
+        ContrastiveLoss(SimilarityRule("cosine"))
+    with pytest.raises(TypeError, match="takes a SimilarityRule .*got str 'token_wise'"):
+        ContrastiveLoss("token_wise")
     with pytest.raises(ValueError, match="Unknown layout 'ring'"):
-        ContrastiveLoss(layout="ring")
+        ContrastiveLoss(glob, layout="ring")
     with pytest.raises(ValueError, match="block_size must be a positive"):
-        ContrastiveLoss(block_size=0)
-    feats = SimpleNamespace(embeds=F.normalize(torch.randn(3, 8), dim=-1), token_embeds=None, token_mask=None)
+        ContrastiveLoss(glob, block_size=0)
+    image = WukongImageFeatures(embeds=F.normalize(torch.randn(3, 8), dim=-1))
+    text = WukongTextFeatures(embeds=F.normalize(torch.randn(3, 8), dim=-1))
     with pytest.raises(ValueError, match=r"token_wise similarity needs image_features with .token_embeds and .token_mask"):
-        ContrastiveLoss("token_wise")(feats, feats, torch.tensor(10.0))
-    two = SimpleNamespace(embeds=torch.randn(2, 8))
+        ContrastiveLoss(SimilarityRule("token_wise"))(image, text, torch.tensor(10.0))
+    two = WukongTextFeatures(embeds=torch.randn(2, 8))
     with pytest.raises(ValueError, match="one text per image: got 3 images and 2 texts"):
-        ContrastiveLoss()(feats, two, torch.tensor(10.0))
+        ContrastiveLoss(glob)(image, two, torch.tensor(10.0))
     with pytest.raises(RuntimeError, match="runs 2 processes but torch.distributed is not initialised"):
-        ContrastiveLoss()(feats, feats, torch.tensor(10.0), accelerator=SimpleNamespace(num_processes=2))
+        ContrastiveLoss(glob)(image, text, torch.tensor(10.0), accelerator=SimpleNamespace(num_processes=2))

@@ -1,16 +1,18 @@
 """ContrastiveLoss across two real gloo processes equals one process on the concatenated batch."""
 
 import socket
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from wukong_hf import SimilarityRule, WukongImageFeatures, WukongTextFeatures
 from wukong_hf.losses import ContrastiveLoss
 
 WORLD, LOCAL_BATCH, DIM_IN, DIM = 2, 3, 6, 5
-CASES = [(similarity, layout) for similarity in ("global", "token_wise") for layout in ("local", "lit")]
+# (kind, token-wise padding rule): the paper's rules and the released code's zero padding.
+RULES = {"global": ("global", "ignore"), "token_wise": ("token_wise", "ignore"), "token_wise_zero": ("token_wise", "zero")}
+CASES = [(similarity, layout) for similarity in RULES for layout in ("local", "lit")]
 
 
 def global_batch():
@@ -37,15 +39,15 @@ def loss_and_grads(similarity, layout, rows):
     image_proj, text_proj = data["image_proj"].requires_grad_(), data["text_proj"].requires_grad_()
     scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
 
-    def features(raw, proj, mask):
+    def tokens_of(raw, proj):
         tokens = F.normalize(raw @ proj.t(), dim=-1)
-        return SimpleNamespace(embeds=F.normalize(tokens.mean(1), dim=-1), token_embeds=tokens, token_mask=mask)
+        return F.normalize(tokens.mean(1), dim=-1), tokens
 
-    loss = ContrastiveLoss(similarity, layout, block_size=2)(
-        features(image_raw, image_proj, data["image_mask"][rows]),
-        features(text_raw, text_proj, data["text_mask"][rows]),
-        scale,
-    )
+    image = WukongImageFeatures(*tokens_of(image_raw, image_proj), data["image_mask"][rows])
+    text_mask = data["text_mask"][rows]
+    # has_padding: texts shorter than the 5 positions (the zero rule lets their padding offer 0)
+    text = WukongTextFeatures(*tokens_of(text_raw, text_proj), text_mask, has_padding=text_mask.sum(-1) < 5)
+    loss = ContrastiveLoss(SimilarityRule(*RULES[similarity]), layout, block_size=2)(image, text, scale)
     loss.backward()
     grads = [image_raw.grad, text_raw.grad, image_proj.grad, text_proj.grad, scale.grad]
     return loss.detach(), grads
@@ -65,8 +67,8 @@ def worker(rank, port, out_dir):
                 tensor /= WORLD
             results[f"{similarity}-{layout}"] = [grads[0], grads[1]] + averaged
         try:
-            ContrastiveLoss()(
-                SimpleNamespace(embeds=torch.randn(2 + rank, 4)), SimpleNamespace(embeds=torch.randn(2 + rank, 4)),
+            ContrastiveLoss(SimilarityRule("global"))(
+                WukongImageFeatures(embeds=torch.randn(2 + rank, 4)), WukongTextFeatures(embeds=torch.randn(2 + rank, 4)),
                 torch.tensor(1.0),
             )
             results["error"] = "no error"

@@ -1,5 +1,5 @@
 """What `import wukong_hf` loads, its version, and what a built wheel holds (the package-dir remaps of
-modeling/, model_cards/ and dataset_scripts/wukong/)."""
+modeling/, model_cards/, dataset_scripts/wukong/ and metrics/)."""
 
 import json
 import os
@@ -32,9 +32,10 @@ def _modules_loaded_by(setup: str) -> set[str]:
 def test_import_wukong_hf_loads_the_model_code_only():
     loaded = _modules_loaded_by("import wukong_hf")
     ours = {m for m in loaded if m.startswith("wukong_hf")}
-    assert ours == {"wukong_hf", "wukong_hf.configuration_wukong", "wukong_hf.modeling_wukong",
-                    "wukong_hf.processing_wukong", "wukong_hf.losses", "wukong_hf.similarity", "wukong_hf.presets"}
-    for heavy in ("datasets", "jieba", "webdataset", "pyarrow", "tensorboard"):
+    assert ours == {"wukong_hf", "wukong_hf.configuration_wukong", "wukong_hf.modeling_wukong", "wukong_hf.features",
+                    "wukong_hf.processing_wukong", "wukong_hf.image_processing_wukong", "wukong_hf.losses",
+                    "wukong_hf.similarity", "wukong_hf.presets"}
+    for heavy in ("datasets", "evaluate", "jieba", "webdataset", "pyarrow", "tensorboard"):
         assert heavy not in loaded, heavy
     # transformers' PreTrainedModel imports accelerate itself when it is installed; wukong_hf adds none of it.
     by_transformers = _modules_loaded_by("import transformers.modeling_utils")
@@ -69,7 +70,7 @@ def wheel(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("src", "modeling", "model_cards", "dataset_scripts"):
+    for name in ("src", "modeling", "model_cards", "dataset_scripts", "metrics"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
     run = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
                           "--no-index", "-q", "-w", str(tmp / "dist")], capture_output=True, text=True, timeout=300)
@@ -87,6 +88,8 @@ def test_wheel_holds_code_presets_card_templates_vocabulary_and_the_command(whee
     assert {f"wukong_hf/model_card_templates/{n}" for n in templates} <= names
     assert "wukong_hf/model_card_templates/README.md" not in names  # the folder's description, not a template
     assert "wukong_hf/dataset_card_templates/README.md" in names and "wukong_hf/resources/vocab.txt" in names
+    metric_files = {str(p.relative_to(ROOT / "metrics")) for p in (ROOT / "metrics").glob("*/*") if p.is_file()}
+    assert {f"wukong_hf/metric_modules/{f}" for f in metric_files} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "wukong = wukong_hf.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -204,3 +204,42 @@ def test_inference_path_equals_autograd_path_values():
     assert slow[0].requires_grad and not fast[0].requires_grad
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def official_zero_padding_reference(image, text, image_mask, text_mask):
+    """The released code's image->text rule, naively and differentiably: padded text rows are zero
+    vectors and every image token's max runs over all positions (a padded position offers 0)."""
+    has_padding = ~text_mask.all(-1)
+    sim = torch.einsum("ikd,jrd->ijkr", image, text)
+    real = sim.masked_fill(~text_mask[None, :, None, :], float("-inf")).amax(-1)
+    floor = torch.where(has_padding, 0.0, float("-inf")).to(sim.dtype)[None, :, None]
+    best = torch.maximum(real, floor)
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best)) * image_mask[:, None, :].to(sim.dtype)
+    i2t = best.sum(-1) / image_mask.sum(-1).clamp(min=1).to(sim.dtype)[:, None]
+    return i2t, naive_reference(image, text, image_mask, text_mask)[1]
+
+
+@pytest.mark.parametrize("blocks", [(2, 3), (1, 1), (None, None)])
+def test_zero_padding_rule_values_and_gradients_match_the_naive_form(blocks):
+    # Tokens pointing away from each other make many image tokens see only negative real similarities,
+    # so the 0 of a padded position wins often and the rule's gradient path (no token gets it) is used.
+    image, text, image_mask, text_mask = random_case(5, 6, 6, 7, 8, seed=4)
+    with torch.no_grad():
+        text[:, :, 0] = -text[:, :, 0].abs() - 1.0
+        image[:, :, 0] = image[:, :, 0].abs() + 1.0
+    text_mask[0] = True  # a text that fills the whole layout: no padding, no 0 on offer
+    padded = ~text_mask.all(-1)
+
+    def ours(image, text, image_mask, text_mask):
+        return token_wise_similarity(image, text, image_mask, text_mask, zero_padded_texts=padded,
+                                     image_block_size=blocks[0], text_block_size=blocks[1])
+
+    expected = grads_of(official_zero_padding_reference, image, text, image_mask, text_mask)
+    result = grads_of(ours, image, text, image_mask, text_mask)
+    assert_same(result, expected)
+    paper = token_wise_similarity(image.detach(), text.detach(), image_mask, text_mask)[0]
+    floor_won = (paper - result[0]).abs() > 1e-6
+    assert floor_won[:, 1:].any() and not floor_won[:, 0].any()  # the unpadded text never gets the 0
+    assert (result[0][:, 1:] >= -1e-12).all()  # a padded text's image->text score never falls below 0
+    with pytest.raises(ValueError, match="zero_padded_texts has shape \\(2,\\) but there are 6 texts"):
+        token_wise_similarity(image, text, image_mask, text_mask, zero_padded_texts=padded[:2])

@@ -7,6 +7,7 @@ from conftest import make_tiny
 from wukong_hf.cli import main as cli_main
 from wukong_hf.training import TrainConfig, TrainConfigError, build_optimizer, weight_decay_groups
 from wukong_hf.training.config import OptimSection
+from wukong_hf.training.step import freeze_image_tower
 
 GOOD = """
 model:
@@ -99,7 +100,7 @@ def test_shipped_example_configs_parse():
 
 def test_weight_decay_skips_bias_norm_embeddings_temperature_and_frozen_tower():
     model, _ = make_tiny("tiny-reduced")
-    model.lock_image_tower()
+    freeze_image_tower(model)
     decay, no_decay = weight_decay_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -118,8 +119,7 @@ def test_weight_decay_skips_bias_norm_embeddings_temperature_and_frozen_tower():
 
 
 def test_unlocked_tower_positional_embedding_is_not_decayed():
-    model, _ = make_tiny("tiny-global")
-    model.lock_image_tower(False)
+    model, _ = make_tiny("tiny-global")  # unlocked: a fresh model trains everything
     decay, no_decay = weight_decay_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
@@ -130,7 +130,7 @@ def test_unlocked_tower_positional_embedding_is_not_decayed():
 
 def test_optimizer_is_lamb_with_paper_hyperparameters():
     model, _ = make_tiny("tiny-global")
-    model.lock_image_tower()
+    freeze_image_tower(model)
     optimizer = build_optimizer(model, OptimSection(lr=2e-3, weight_decay=0.05))
     assert type(optimizer).__name__ == "Lamb"
     group = optimizer.param_groups[0]

@@ -103,13 +103,13 @@ def test_accumulation_never_reruns_a_locked_image_tower(locked, expected_tower_r
 
     config = preset_config("tiny-global", image_pooling="mean")
     model = WukongModel(config).train()
-    model.lock_image_tower(locked)
     runs = []
     model.vision_model.timm_model.patch_embed.register_forward_hook(lambda *args: runs.append(1))
     text = WukongProcessor.from_config(config)(text=["红色", "绿色"])
     micro = [{"pixel_values": torch.randn(2, 3, config.image_size, config.image_size), **text} for _ in range(2)]
-    loss_fn = ContrastiveLoss("global", layout="lit" if locked else "local")
-    train_step(DualEncoderStep(model), micro, loss_fn, Accelerator(cpu=True), replay_image_tower=locked)
+    loss_fn = ContrastiveLoss(model.similarity_rule, layout="lit" if locked else "local")
+    step = DualEncoderStep(model, lock_image_tower=locked)
+    train_step(step, micro, loss_fn, Accelerator(cpu=True), replay_image_tower=locked)
     assert len(runs) == expected_tower_runs  # pass 1 per micro-batch; pass 2 only for a trainable tower
     assert model.text_projection.weight.grad is not None
 

@@ -11,23 +11,20 @@ from importlib.metadata import version as _version
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
 from .configuration_wukong import WukongConfig
+from .features import WukongImageFeatures, WukongTextFeatures
+from .image_processing_wukong import WukongImageProcessor
 from .losses import ContrastiveLoss, contrastive_loss
-from .modeling_wukong import (
-    WukongImageFeatures,
-    WukongModel,
-    WukongOutput,
-    WukongPreTrainedModel,
-    WukongTextFeatures,
-)
+from .modeling_wukong import WukongModel, WukongOutput, WukongPreTrainedModel
 from .presets import list_presets, preset_config
 from .processing_wukong import WukongProcessor
-from .similarity import global_similarity, select_top_image_tokens, token_wise_similarity
+from .similarity import SimilarityRule, global_similarity, select_top_image_tokens, token_wise_similarity
 
 try:
     __version__ = _version("wukong-hf")  # one source: pyproject.toml's version
@@ -38,6 +35,10 @@ AutoConfig.register("wukong", WukongConfig, exist_ok=True)
 AutoModel.register(WukongConfig, WukongModel, exist_ok=True)
 AutoModelForZeroShotImageClassification.register(WukongConfig, WukongModel, exist_ok=True)
 AutoProcessor.register(WukongConfig, WukongProcessor, exist_ok=True)
+# It runs torchvision on PIL images: the same class serves both backends transformers asks for.
+AutoImageProcessor.register(
+    WukongConfig, image_processor_classes={"torchvision": WukongImageProcessor, "pil": WukongImageProcessor}, exist_ok=True
+)
 
 # save_pretrained copies the code files and writes auto_map, so a saved folder also loads with
 # trust_remote_code=True where wukong_hf is not installed. A model class records one Auto class only:
@@ -45,6 +46,7 @@ AutoProcessor.register(WukongConfig, WukongProcessor, exist_ok=True)
 WukongConfig.register_for_auto_class()
 WukongModel.register_for_auto_class("AutoModel")
 WukongProcessor.register_for_auto_class("AutoProcessor")
+WukongImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 # Public names whose modules pull in more than the model (evaluation, huggingface_hub's upload API):
 # imported on first access so `import wukong_hf` stays light.
@@ -80,6 +82,8 @@ __all__ = [
     "WukongImageFeatures",
     "WukongTextFeatures",
     "WukongProcessor",
+    "WukongImageProcessor",
+    "SimilarityRule",
     "token_wise_similarity",
     "global_similarity",
     "contrastive_loss",

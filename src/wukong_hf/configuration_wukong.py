@@ -10,7 +10,14 @@ The config is pure typed data. Two sub-configs describe the towers:
 
 The remaining fields choose the head: ``similarity`` ("global" or "token_wise"), the joint
 ``projection_dim``, the learnable temperature, the optional token reduction of the released
-"Wukong" checkpoints and which tokens take part in token-wise scoring.
+"Wukong" checkpoints, which tokens take part in token-wise scoring, and the two scoring rules in
+which the released evaluation code differs from the paper (``token_wise_padding``,
+``zero_shot_ensemble``; ``SCORING_RULES`` names both sets).
+
+The config describes the architecture and how it scores, nothing about training: whether the
+image tower is locked (LiT) is decided by the training run (``wukong_hf.training``). A
+config.json written by an older version with a ``lock_image_tower`` key still loads (the key is
+dropped).
 """
 
 from __future__ import annotations
@@ -21,13 +28,24 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-__all__ = ["WukongConfig", "VISION_TOWER_TYPES", "TEXT_TOWER_TYPES", "SIMILARITIES"]
+__all__ = ["WukongConfig", "VISION_TOWER_TYPES", "TEXT_TOWER_TYPES", "SIMILARITIES", "SCORING_RULES", "ZERO_SHOT_ENSEMBLES"]
 
 VISION_TOWER_TYPES = ("timm_wrapper", "clip_vision_model")
 TEXT_TOWER_TYPES = ("bert", "clip_text_model")
 SIMILARITIES = ("global", "token_wise")
 IMAGE_POOLINGS = ("cls", "mean", "tower")
 TEXT_POOLINGS = ("cls", "eos")
+TOKEN_WISE_PADDING = ("ignore", "zero")
+ZERO_SHOT_ENSEMBLES = ("embedding", "similarity", "probability")
+
+# The two ways to score that a config can follow. "paper": the paper's formulas (section 3.3 and
+# the ensembles of section 4.2). "official": what the released evaluation code computes
+# (docs/wukong-facts.md): padded text positions offer a token-wise similarity of 0, and token-wise
+# prompt ensembles average the softmax over classes of the unscaled similarity.
+SCORING_RULES = {
+    "paper": {"token_wise_padding": "ignore", "zero_shot_ensemble": None},
+    "official": {"token_wise_padding": "zero", "zero_shot_ensemble": "official"},
+}
 
 # BERT-Chinese WordPiece ids (docs/wukong-facts.md): [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102.
 CHINESE_VOCAB_SIZE = 21128
@@ -77,10 +95,21 @@ class WukongConfig(PreTrainedConfig):
         token_wise_image_cls (`bool`): whether the image [CLS] token takes part in token-wise scoring.
         token_wise_text_cls (`bool`): whether the text [CLS] token takes part (paper: no; released: yes).
         token_wise_text_sep (`bool`): whether the text [SEP] token takes part (paper and released: yes).
-        lock_image_tower (`bool`): LiT: the image tower is frozen and runs in eval mode under no_grad.
-        text_position_embeddings (`bool`, defaults to True): False holds a BERT text tower's
-            absolute position embeddings at zero (frozen), so a token's output says nothing about
-            where it stands: a bag of characters with attention. The demo uses it (docs/demo.md).
+        token_wise_padding (`str`, defaults to `"ignore"`): token-wise image-to-text scoring of padded
+            text positions. `"ignore"` (paper): they never take part. `"zero"` (released evaluation
+            code): each text is laid out at the tower's full length (32) with zero vectors for padding,
+            so every image token's max also sees a 0 and never falls below it.
+        zero_shot_ensemble (`str`, *optional*): how zero-shot classification combines prompt templates.
+            `"embedding"`: mean of each class's normalised global text embeddings (global models only);
+            `"similarity"`: mean over templates of the similarity; `"probability"`: mean over templates
+            of the softmax over classes of the unscaled similarity (the released token-wise code).
+            None: the paper's choice for the head (`"embedding"` global, `"similarity"` token-wise).
+            `"official"` is accepted as input and stored as the released code's choice for the head
+            (`"embedding"` global, `"probability"` token-wise).
+        text_position_embeddings (`bool`, defaults to True): False builds a BERT text tower without
+            absolute positions (its position table is a constant zero buffer, never trained), so a
+            token's output says nothing about where it stands: a bag of characters with attention. The
+            demo uses it (docs/demo.md).
     """
 
     model_type = "wukong"
@@ -103,12 +132,16 @@ class WukongConfig(PreTrainedConfig):
     token_wise_image_cls: bool = False
     token_wise_text_cls: bool = False
     token_wise_text_sep: bool = True
-    lock_image_tower: bool = False
+    token_wise_padding: str = "ignore"
+    zero_shot_ensemble: str | None = None
     text_position_embeddings: bool = True
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        # Older config.json files stored the LiT lock, which is now a training decision.
+        kwargs.pop("lock_image_tower", None)
         super().__post_init__(**kwargs)
+        self._resolve_official_ensemble()
         self._check_choices()
         if not self.text_position_embeddings and self.text_config.model_type != "bert":
             raise ValueError(
@@ -140,6 +173,14 @@ class WukongConfig(PreTrainedConfig):
         check("text tower (text_config.model_type)", self.text_config.model_type, TEXT_TOWER_TYPES)
         check("image_pooling", self.image_pooling, IMAGE_POOLINGS)
         check("text_pooling", self.text_pooling, TEXT_POOLINGS)
+        check("token_wise_padding", self.token_wise_padding, TOKEN_WISE_PADDING)
+        if self.zero_shot_ensemble is not None:
+            check("zero_shot_ensemble", self.zero_shot_ensemble, ZERO_SHOT_ENSEMBLES)
+            if self.zero_shot_ensemble == "embedding" and self.similarity != "global":
+                raise ValueError(
+                    "zero_shot_ensemble='embedding' averages global text embeddings and needs similarity='global'; "
+                    "token-wise models use 'similarity' (paper) or 'probability' (released code)."
+                )
         if self.projection_dim <= 0:
             raise ValueError(f"projection_dim must be positive, got {self.projection_dim}.")
         if self.num_reduced_tokens is not None and self.num_reduced_tokens <= 0:
@@ -149,6 +190,28 @@ class WukongConfig(PreTrainedConfig):
                 f"projection_dim={self.projection_dim} must be divisible by token_reduction_groups="
                 f"{self.token_reduction_groups} for token reduction."
             )
+
+    @property
+    def ensemble_method(self) -> str:
+        """The zero-shot ensemble this model uses: zero_shot_ensemble, or the paper's choice for its head."""
+        if self.zero_shot_ensemble is not None:
+            return self.zero_shot_ensemble
+        return "embedding" if self.similarity == "global" else "similarity"
+
+    def use_scoring_rule(self, rule: str) -> "WukongConfig":
+        """Switch to the "paper" or the "official" (released code) scoring rules; see SCORING_RULES."""
+        if rule not in SCORING_RULES:
+            raise ValueError(f"Unknown scoring rule {rule!r}: expected one of {', '.join(map(repr, SCORING_RULES))}.")
+        for key, value in SCORING_RULES[rule].items():
+            setattr(self, key, value)
+        self._resolve_official_ensemble()
+        self._check_choices()
+        return self
+
+    def _resolve_official_ensemble(self) -> None:
+        # "official" names the released code's ensemble for this head (stored resolved in config.json).
+        if self.zero_shot_ensemble == "official":
+            self.zero_shot_ensemble = "embedding" if self.similarity == "global" else "probability"
 
     @property
     def max_text_length(self) -> int:

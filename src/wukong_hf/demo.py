@@ -207,7 +207,7 @@ def run_demo(settings: DemoSettings | None = None, **overrides) -> DemoResult:
     lap("pipeline")
 
     # ----- word-patch alignment (paper Figure 4) ------------------------------------------------
-    if model.config.similarity == "token_wise":
+    if model.similarity_rule.uses_tokens:
         result.alignment, result.paths["alignment_png"], result.paths["alignment_json"] = _alignment_report(
             model, processor, held_out, out, settings)
     lap("alignment")

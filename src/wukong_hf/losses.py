@@ -5,8 +5,9 @@ of row k at column k. `ContrastiveLoss` computes the same loss over the global b
 torch.distributed is initialised (Accelerate, any backend): every process contributes its rows
 and the whole global batch is the negative set.
 
-This module imports only torch (it travels with remote code); an Accelerator is accepted
-duck-typed and never imported.
+The loss takes the model's features (wukong_hf.features) and its SimilarityRule, and scores
+them through `SimilarityRule.scores` like everything else. This module imports only torch (it
+travels with remote code); an Accelerator is accepted duck-typed and never imported.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .similarity import global_similarity, select_top_image_tokens, token_wise_similarity
+import dataclasses
+
+from .similarity import SimilarityRule, select_top_image_tokens
 
 __all__ = ["contrastive_loss", "ContrastiveLoss"]
 
 _LABELS_CACHE: dict[tuple[int, torch.device], torch.Tensor] = {}
-SIMILARITIES = ("global", "token_wise")
 LAYOUTS = ("local", "lit")
 
 
@@ -89,12 +91,22 @@ def _check_equal_batches(batch: int, world_size: int, device: torch.device) -> N
         )
 
 
+def _gather_features(features, world_size: int):
+    """Features of every process's rows, concatenated in rank order: float rows with gradient, masks without."""
+    gathered = {}
+    for name in features.ROW_FIELDS:
+        value = getattr(features, name)
+        if value is not None:
+            gathered[name] = _gather_with_grad(value) if value.is_floating_point() else _gather_no_grad(value, world_size)
+    return dataclasses.replace(features, **gathered)
+
+
 class ContrastiveLoss(torch.nn.Module):
-    """The paper's symmetric InfoNCE over the global batch, for global or token-wise similarity.
+    """The paper's symmetric InfoNCE over the global batch, for any SimilarityRule.
 
     Args:
-        similarity: "global" (dot product of the (B, D) embeddings) or "token_wise" (FILIP,
-            `token_wise_similarity` on the token embeddings and masks).
+        rule: how features become scores (`SimilarityRule.from_config(model.config)`, or
+            `model.similarity_rule`).
         layout: how the global batch is shared across processes.
             "local": image and text features are all-gathered with gradient; each process scores
             its own images against all texts and its own texts against all images.
@@ -118,90 +130,81 @@ class ContrastiveLoss(torch.nn.Module):
 
     def __init__(
         self,
-        similarity: str = "global",
+        rule: SimilarityRule,
         layout: str = "local",
         block_size: int | None = None,
         image_token_fraction: float | None = None,
     ):
         super().__init__()
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"Unknown similarity {similarity!r}; choose one of {SIMILARITIES}.")
+        if not isinstance(rule, SimilarityRule):
+            raise TypeError(
+                f"ContrastiveLoss takes a SimilarityRule (e.g. model.similarity_rule), got {type(rule).__name__} {rule!r}."
+            )
         if layout not in LAYOUTS:
             raise ValueError(f"Unknown layout {layout!r}; choose one of {LAYOUTS}.")
         if block_size is not None and block_size < 1:
             raise ValueError(f"block_size must be a positive number of rows per tile or None, got {block_size}.")
         if image_token_fraction is not None and not 0.0 < image_token_fraction <= 1.0:
             raise ValueError(f"image_token_fraction must be in (0, 1] or None, got {image_token_fraction}.")
-        self.similarity = similarity
+        self.rule = rule
         self.layout = layout
         self.block_size = block_size
         self.image_token_fraction = image_token_fraction
 
     def extra_repr(self) -> str:
-        return f"similarity={self.similarity!r}, layout={self.layout!r}, block_size={self.block_size}"
+        return f"rule={self.rule}, layout={self.layout!r}, block_size={self.block_size}"
 
-    def _features(self, features: Any, side: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(embeds, mask): (b, D) and None for global; (b, N, D) and (b, N) bool for token-wise."""
-        names = ("embeds",) if self.similarity == "global" else ("token_embeds", "token_mask")
-        values = [getattr(features, name, None) for name in names]
-        if any(value is None for value in values):
+    def _scores(self, image, text) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled (image-to-text (I, T), text-to-image (T, I)) by the rule."""
+        return self.rule.scores(image, text, image_block_size=self.block_size, text_block_size=self.block_size)
+
+    def _checked(self, features, side: str):
+        if self.rule.uses_tokens and (features.token_embeds is None or features.token_mask is None):
             raise ValueError(
-                f"{self.similarity} similarity needs {side}_features with {' and '.join('.' + n for n in names)}; "
+                f"{self.rule.kind} similarity needs {side}_features with .token_embeds and .token_mask; "
                 f"pass the Wukong{side.title()}Features from WukongModel.encode_{side}."
             )
-        return values[0], (values[1].bool() if len(values) == 2 else None)
+        # Only what the rule reads travels between processes.
+        return features if self.rule.uses_tokens else features.without_tokens()
 
-    def _scores(self, image, image_mask, text, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unscaled (image-to-text (I, T), text-to-image (T, I))."""
-        if self.similarity == "global":
-            image_to_text = global_similarity(image, text)
-            return image_to_text, image_to_text.t()
-        return token_wise_similarity(
-            image, text, image_mask, text_mask, image_block_size=self.block_size, text_block_size=self.block_size
-        )
-
-    def forward(
-        self, image_features: Any, text_features: Any, logit_scale: torch.Tensor, accelerator: Any = None
-    ) -> torch.Tensor:
+    def forward(self, image_features, text_features, inverse_temperature: torch.Tensor, accelerator: Any = None) -> torch.Tensor:
         """Local loss of this process's b pairs against the global batch.
 
         Args:
-            image_features, text_features: objects with .embeds (b, D), .token_embeds (b, N, D),
-                .token_mask (b, N) bool (WukongImageFeatures / WukongTextFeatures); row k of
-                both is a positive pair.
-            logit_scale: scalar tensor, the exponentiated and clamped scale (model.temperature_scale).
+            image_features, text_features: WukongImageFeatures / WukongTextFeatures of b rows each;
+                row k of both is a positive pair.
+            inverse_temperature: scalar tensor, the logits' multiplier (model.inverse_temperature).
             accelerator: optional Accelerator (duck-typed); only checked for a process group.
 
         Returns:
             Scalar float32 loss (see the class docstring for how it scales across processes).
         """
-        image, image_mask = self._features(image_features, "image")
-        text, text_mask = self._features(text_features, "text")
-        batch = image.shape[0]
-        if text.shape[0] != batch:
-            raise ValueError(f"The contrastive loss needs one text per image: got {batch} images and {text.shape[0]} texts.")
-        if self.image_token_fraction is not None and self.similarity == "token_wise":
-            image_mask = select_top_image_tokens(image, text, image_mask, text_mask, self.image_token_fraction)
+        scale = inverse_temperature
+        image, text = self._checked(image_features, "image"), self._checked(text_features, "text")
+        batch = len(image)
+        if len(text) != batch:
+            raise ValueError(f"The contrastive loss needs one text per image: got {batch} images and {len(text)} texts.")
+        if self.image_token_fraction is not None and self.rule.uses_tokens:
+            image = dataclasses.replace(image, token_mask=select_top_image_tokens(
+                image.token_embeds, text.token_embeds, image.token_mask, text.token_mask, self.image_token_fraction))
         rank, world_size = _world(accelerator)
         if world_size == 1:
-            image_to_text, text_to_image = self._scores(image, image_mask, text, text_mask)
-            return contrastive_loss(logit_scale * image_to_text, logit_scale * text_to_image)
-        _check_equal_batches(batch, world_size, image.device)
-        labels = _labels(batch * world_size, image.device)[rank * batch : (rank + 1) * batch]
-        all_text = _gather_with_grad(text)
-        all_text_mask = None if text_mask is None else _gather_no_grad(text_mask, world_size)
+            image_to_text, text_to_image = self._scores(image, text)
+            return contrastive_loss(scale * image_to_text, scale * text_to_image)
+        _check_equal_batches(batch, world_size, image.embeds.device)
+        labels = _labels(batch * world_size, image.embeds.device)[rank * batch : (rank + 1) * batch]
+        all_text = _gather_features(text, world_size)
         if self.layout == "local":
-            all_image = _gather_with_grad(image)
-            all_image_mask = None if image_mask is None else _gather_no_grad(image_mask, world_size)
-            image_rows, _ = self._scores(image, image_mask, all_text, all_text_mask)  # (b, W*b)
-            _, text_rows = self._scores(all_image, all_image_mask, text, text_mask)  # (b, W*b)
+            all_image = _gather_features(image, world_size)
+            image_rows, _ = self._scores(image, all_text)  # (b, W*b)
+            _, text_rows = self._scores(all_image, text)  # (b, W*b)
             return 0.5 * (
-                F.cross_entropy((logit_scale * image_rows).float(), labels)
-                + F.cross_entropy((logit_scale * text_rows).float(), labels)
+                F.cross_entropy((scale * image_rows).float(), labels)
+                + F.cross_entropy((scale * text_rows).float(), labels)
             )
-        image_rows, text_columns = self._scores(image, image_mask, all_text, all_text_mask)  # (b, W*b), (W*b, b)
-        image_loss = F.cross_entropy((logit_scale * image_rows).float(), labels)
-        text_logits = (logit_scale * text_columns).float()  # every text against this process's images
+        image_rows, text_columns = self._scores(image, all_text)  # (b, W*b), (W*b, b)
+        image_loss = F.cross_entropy((scale * image_rows).float(), labels)
+        text_logits = (scale * text_columns).float()  # every text against this process's images
         # Each text's log-normaliser over all W*b images, from the per-process log-sum-exps.
         normaliser = torch.logsumexp(
             _gather_no_grad(torch.logsumexp(text_logits.detach(), dim=1), world_size).view(world_size, -1), dim=0
@@ -209,6 +212,6 @@ class ContrastiveLoss(torch.nn.Module):
         weights = torch.exp(text_logits.detach() - normaliser[:, None])  # softmax of text rows, local columns
         # d(normaliser_j) = sum_i weights_ji d(logit_ji): this term carries that gradient and has value 0.
         normaliser_gradient = (weights * text_logits).sum() / batch
-        positives = text_logits[labels, _labels(batch, image.device)]
+        positives = text_logits[labels, _labels(batch, image.embeds.device)]
         text_loss = (normaliser[labels] - positives).mean() + normaliser_gradient - normaliser_gradient.detach()
         return 0.5 * (image_loss + text_loss)

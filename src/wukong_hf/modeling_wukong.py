@@ -8,7 +8,6 @@ L2 normalisation. Global features are the pooled token ([CLS], mean, tower pooli
 """
 
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +20,15 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_wukong import WukongConfig
+from .features import WukongImageFeatures, WukongTextFeatures
 from .losses import contrastive_loss
-from .similarity import token_wise_similarity
+from .similarity import SimilarityRule
 
 __all__ = [
     "WukongModel",
     "WukongPreTrainedModel",
     "WukongOutput",
+    "WukongImageTowerOutput",
     "WukongImageFeatures",
     "WukongTextFeatures",
     "WukongTokenReduction",
@@ -35,28 +36,20 @@ __all__ = [
 
 
 @dataclass
-class WukongImageFeatures(ModelOutput):
-    """Cached image features: everything `WukongModel.score` needs.
+class WukongImageTowerOutput:
+    """What the image tower gives the image head (`WukongModel.image_tower` -> `image_head`).
 
-    embeds: (B, D) normalised global embeddings. token_embeds: (B, N, D) normalised token
-    embeddings (after token reduction). token_mask: (B, N) bool, True where a token counts in
-    token-wise scoring.
+    tokens: (B, N, C) tower tokens ([CLS] first where the tower has one; ln_post applied for CLIP
+    towers). pooled: (B, C) the tower feature the global head projects. num_prefix_tokens: tokens
+    before the patches. grid: (H, W) of the patches. tower_output: the tower's own output (hidden
+    states and attentions when asked for).
     """
 
-    embeds: torch.Tensor | None = None
-    token_embeds: torch.Tensor | None = None
-    token_mask: torch.Tensor | None = None
-    vision_model_output: Any = None
-
-
-@dataclass
-class WukongTextFeatures(ModelOutput):
-    """Cached text features: embeds (B, D), token_embeds (B, L, D), token_mask (B, L) bool."""
-
-    embeds: torch.Tensor | None = None
-    token_embeds: torch.Tensor | None = None
-    token_mask: torch.Tensor | None = None
-    text_model_output: Any = None
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+    num_prefix_tokens: int = 0
+    grid: tuple[int, int] | None = None
+    tower_output: Any = None
 
 
 @dataclass
@@ -88,10 +81,12 @@ class WukongOutput(ModelOutput):
 
 
 class _FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the input dtype (as in the released code)."""
+    """LayerNorm computed in at least float32 whatever the input dtype (as in the released code)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)
+        return F.layer_norm(x.to(compute), self.normalized_shape, self.weight.to(compute), self.bias.to(compute),
+                            self.eps).to(x.dtype)
 
 
 class WukongTokenReduction(nn.Module):
@@ -144,8 +139,26 @@ class WukongPreTrainedModel(PreTrainedModel):
             init.zeros_(module.norm.bias)
 
 
+class _ZeroPositionTable(nn.Module):
+    """A position table that is zero everywhere: a constant buffer, not a parameter, so it is never
+    trained and needs no freezing (config.text_position_embeddings=False)."""
+
+    def __init__(self, num_positions: int, dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(num_positions, dim))
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[position_ids]
+
+
 class WukongModel(WukongPreTrainedModel):
-    """Wukong dual encoder with the global ([CLS]) or token-wise (FILIP) similarity head."""
+    """Wukong dual encoder with the global ([CLS]) or token-wise (FILIP) similarity head.
+
+    Images: `image_tower` (the timm / CLIP tower: tokens and the pooled feature) then `image_head`
+    (per-token projection, optional token reduction, normalisation, which tokens count);
+    `encode_image` is the two in a row. Texts: `encode_text`. Scores: `score`, through the
+    config's `SimilarityRule` (the one place a similarity kind is decided).
+    """
 
     def __init__(self, config: WukongConfig):
         super().__init__(config)
@@ -154,6 +167,9 @@ class WukongModel(WukongPreTrainedModel):
             from transformers import BertModel
 
             self.text_model = BertModel._from_config(config.text_config, add_pooling_layer=False)
+            if not config.text_position_embeddings:
+                table = self.text_model.embeddings.position_embeddings
+                self.text_model.embeddings.position_embeddings = _ZeroPositionTable(*table.weight.shape)
         else:
             self.text_model = AutoModel.from_config(config.text_config)
         if config.vision_config.model_type == "timm_wrapper":
@@ -170,52 +186,11 @@ class WukongModel(WukongPreTrainedModel):
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
-        self._freeze_as_configured()
 
-    def _freeze_as_configured(self) -> None:
-        """Apply the config's frozen parts: the LiT lock and the zero text positions."""
-        if self.config.lock_image_tower:
-            self.lock_image_tower()
-        if not self.config.text_position_embeddings:
-            self.hold_text_positions_at_zero()
-
-    # ----- LiT -----------------------------------------------------------------------------
-    def lock_image_tower(self, lock: bool = True) -> "WukongModel":
-        """Freeze (or unfreeze) the image tower: no gradients, eval mode, run under no_grad.
-
-        The projections, the token reduction and the temperature stay trainable (LiT).
-        """
-        self.config.lock_image_tower = lock
-        for param in self.vision_model.parameters():
-            param.requires_grad_(not lock)
-        self.vision_model.train(self.training and not lock)
-        return self
-
-    def hold_text_positions_at_zero(self) -> "WukongModel":
-        """Zero and freeze the BERT text tower's position embeddings (config.text_position_embeddings=False).
-
-        With them, every caption's k-th token shares a component, and a patch that tells no captions
-        apart (a plain background) can match "the k-th label token" at no cost to the contrastive loss.
-        """
-        weight = self.text_model.embeddings.position_embeddings.weight
-        with torch.no_grad():
-            weight.zero_()
-        weight.requires_grad_(False)
-        return self
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        # Loading replaces parameters (requires_grad back to True): re-apply what the config freezes.
-        if isinstance(model, WukongModel):
-            model._freeze_as_configured()
-        return model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.config.lock_image_tower:
-            self.vision_model.eval()
-        return self
+    @property
+    def similarity_rule(self) -> SimilarityRule:
+        """How this model scores features (config.similarity and config.token_wise_padding)."""
+        return SimilarityRule.from_config(self.config)
 
     # ----- input checks --------------------------------------------------------------------
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
@@ -248,16 +223,27 @@ class WukongModel(WukongPreTrainedModel):
                 f"{tuple(input_ids.shape)}."
             )
 
-    # ----- towers --------------------------------------------------------------------------
-    def _image_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, tuple, Any]:
-        """Tower tokens (B, N, C), pooled feature (B, C), number of prefix tokens, patch grid, raw output."""
+    # ----- images: tower, then head ----------------------------------------------------------
+    def image_tower(self, pixel_values: torch.Tensor, **tower_kwargs) -> WukongImageTowerOutput:
+        """pixel_values (B, 3, S, S) -> the tower's tokens and pooled feature (no projection yet).
+
+        tower_kwargs: output_hidden_states / output_attentions, passed to the tower.
+        """
+        self._check_pixel_values(pixel_values)
+        tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
         if self.config.vision_config.model_type == "clip_vision_model":
-            out = self.vision_model(pixel_values=pixel_values)
+            out = self.vision_model(pixel_values=pixel_values, **tower_kwargs)
             # The released towers apply ln_post to every token, not only [CLS].
             tokens = self.vision_model.post_layernorm(out.last_hidden_state)
             num_prefix, pooled_by_tower = 1, None
         else:
-            out = self.vision_model(pixel_values=pixel_values, do_pooling=self.config.image_pooling == "tower")
+            if tower_kwargs.get("output_attentions"):
+                raise ValueError(
+                    "output_attentions is not available for timm image towers (transformers' TimmWrapperModel "
+                    "does not return attention maps); ask for output_hidden_states instead."
+                )
+            out = self.vision_model(pixel_values=pixel_values, do_pooling=self.config.image_pooling == "tower",
+                                    **tower_kwargs)
             tokens = out.last_hidden_state
             pooled_by_tower = out.pooler_output
             num_prefix = getattr(self.vision_model.timm_model, "num_prefix_tokens", 0)
@@ -280,72 +266,84 @@ class WukongModel(WukongPreTrainedModel):
             if pooled_by_tower is None:
                 raise ValueError("image_pooling='tower' needs a timm tower with its own pooling head.")
             pooled = pooled_by_tower
-        return tokens, pooled, num_prefix, grid, out
+        return WukongImageTowerOutput(tokens=tokens, pooled=pooled, num_prefix_tokens=num_prefix, grid=grid,
+                                      tower_output=out)
 
-    def encode_image(self, pixel_values: torch.Tensor) -> WukongImageFeatures:
-        """pixel_values (B, 3, S, S) -> WukongImageFeatures (normalised global and token embeddings)."""
-        self._check_pixel_values(pixel_values)
-        locked = self.config.lock_image_tower
-        with torch.no_grad() if locked else contextlib.nullcontext():
-            tokens, pooled, num_prefix, grid, out = self._image_tokens(pixel_values)
-        token_embeds = self.visual_projection(tokens)
+    def image_head(self, tower: WukongImageTowerOutput) -> WukongImageFeatures:
+        """Tower output -> WukongImageFeatures: per-token projection, token reduction, normalisation."""
+        num_prefix = tower.num_prefix_tokens
+        token_embeds = self.visual_projection(tower.tokens)
+        grid = tower.grid
         if self.token_reduction is not None:
-            patches = token_embeds[:, num_prefix:].reshape(token_embeds.shape[0], *grid, -1)
+            patches = token_embeds[:, num_prefix:].reshape(token_embeds.shape[0], *tower.grid, -1)
             reduced, _ = self.token_reduction(patches)
             token_embeds = torch.cat([token_embeds[:, :num_prefix], reduced], dim=1)
+            grid = None  # learned tokens have no place in the image
         token_mask = torch.ones(token_embeds.shape[:2], dtype=torch.bool, device=token_embeds.device)
         if not self.config.token_wise_image_cls:
             token_mask[:, :num_prefix] = False
         return WukongImageFeatures(
-            embeds=F.normalize(self.visual_projection(pooled), dim=-1),
+            embeds=F.normalize(self.visual_projection(tower.pooled), dim=-1),
             token_embeds=F.normalize(token_embeds, dim=-1),
             token_mask=token_mask,
-            vision_model_output=out,
+            grid=grid,
+            num_prefix_tokens=num_prefix,
         )
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> WukongTextFeatures:
-        """input_ids, attention_mask (B, L) -> WukongTextFeatures. Padding never changes a score."""
+    def encode_image(self, pixel_values: torch.Tensor) -> WukongImageFeatures:
+        """pixel_values (B, 3, S, S) -> WukongImageFeatures: `image_head(image_tower(pixel_values))`."""
+        return self.image_head(self.image_tower(pixel_values))
+
+    # ----- texts -------------------------------------------------------------------------------
+    def _text_tower(self, input_ids, attention_mask, **tower_kwargs) -> tuple[Any, torch.Tensor]:
         self._check_text(input_ids, attention_mask)
         if attention_mask is None:
             attention_mask = (input_ids != self.config.text_config.pad_token_id).long()
-        out = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out.last_hidden_state
+        tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
+        return self.text_model(input_ids=input_ids, attention_mask=attention_mask, **tower_kwargs), attention_mask
+
+    def _text_head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> WukongTextFeatures:
         lengths = attention_mask.sum(dim=-1).clamp(min=1)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
         if self.config.text_pooling == "cls":
             pooled = hidden[:, 0]
         else:  # eos: the last non-padding token, i.e. [SEP]
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+            pooled = hidden[rows, lengths - 1]
         token_mask = attention_mask.bool().clone()
         if not self.config.token_wise_text_cls:
             token_mask[:, 0] = False
         if not self.config.token_wise_text_sep:
-            token_mask[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1] = False
+            token_mask[rows, lengths - 1] = False
         return WukongTextFeatures(
             embeds=F.normalize(self.text_projection(pooled), dim=-1),
             token_embeds=F.normalize(self.text_projection(hidden), dim=-1),
             token_mask=token_mask,
-            text_model_output=out,
+            has_padding=attention_mask.sum(dim=-1) < self.config.max_text_length,
         )
 
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> WukongTextFeatures:
+        """input_ids, attention_mask (B, L) -> WukongTextFeatures. Padding never changes a score."""
+        out, attention_mask = self._text_tower(input_ids, attention_mask)
+        return self._text_head(out.last_hidden_state, attention_mask)
+
+    # ----- scores ------------------------------------------------------------------------------
     @property
-    def temperature_scale(self) -> torch.Tensor:
-        """exp(logit_scale) clamped at config.logit_scale_max."""
+    def inverse_temperature(self) -> torch.Tensor:
+        """The logits' multiplier 1/temperature = exp(logit_scale), clamped at config.logit_scale_max."""
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    def similarity(
+        self, image_features: WukongImageFeatures, text_features: WukongTextFeatures
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled (image_to_text (I, T), text_to_image (T, I)) by this model's SimilarityRule."""
+        return self.similarity_rule.scores(image_features, text_features)
 
     def score(
         self, image_features: WukongImageFeatures, text_features: WukongTextFeatures
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled (logits_per_image (I, T), logits_per_text (T, I)) from cached features."""
-        scale = self.temperature_scale
-        if self.config.similarity == "global":
-            logits_per_text = scale * text_features.embeds @ image_features.embeds.t()
-            return logits_per_text.t(), logits_per_text
-        image_to_text, text_to_image = token_wise_similarity(
-            image_features.token_embeds,
-            text_features.token_embeds,
-            image_mask=image_features.token_mask,
-            text_mask=text_features.token_mask,
-        )
+        """Logits (logits_per_image (I, T), logits_per_text (T, I)): `similarity` times inverse_temperature."""
+        image_to_text, text_to_image = self.similarity(image_features, text_features)
+        scale = self.inverse_temperature
         return scale * image_to_text, scale * text_to_image
 
     # ----- transformers-style feature getters ---------------------------------------------
@@ -368,6 +366,8 @@ class WukongModel(WukongPreTrainedModel):
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> WukongOutput:
         r"""
@@ -375,6 +375,8 @@ class WukongModel(WukongPreTrainedModel):
             input_ids: (T, L) token ids from WukongProcessor. attention_mask: (T, L).
             pixel_values: (I, 3, S, S) processed images.
             return_loss: compute the paper's symmetric InfoNCE loss (needs I == T).
+            output_hidden_states, output_attentions: ask both towers for them; they come back in
+                `vision_model_output` and `text_model_output` (timm towers give hidden states only).
 
         Returns:
             WukongOutput with logits_per_image (I, T) and logits_per_text (T, I).
@@ -382,13 +384,16 @@ class WukongModel(WukongPreTrainedModel):
         if input_ids is None or pixel_values is None:
             raise ValueError("WukongModel.forward needs both input_ids and pixel_values; use encode_text/encode_image "
                              "for one modality.")
-        image = self.encode_image(pixel_values)
-        text = self.encode_text(input_ids, attention_mask)
         if return_loss and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"return_loss needs one text per image: got {pixel_values.shape[0]} images and "
                 f"{input_ids.shape[0]} texts."
             )
+        asked = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        tower = self.image_tower(pixel_values, **asked)
+        image = self.image_head(tower)
+        text_out, attention_mask = self._text_tower(input_ids, attention_mask, **asked)
+        text = self._text_head(text_out.last_hidden_state, attention_mask)
         logits_per_image, logits_per_text = self.score(image, text)
         loss = contrastive_loss(logits_per_image, logits_per_text) if return_loss else None
         return WukongOutput(
@@ -401,6 +406,6 @@ class WukongModel(WukongPreTrainedModel):
             image_token_embeds=image.token_embeds,
             text_token_mask=text.token_mask,
             image_token_mask=image.token_mask,
-            text_model_output=text.text_model_output,
-            vision_model_output=image.vision_model_output,
+            text_model_output=text_out,
+            vision_model_output=tower.tower_output,
         )

@@ -1,9 +1,12 @@
-"""WukongProcessor: CLIP image processing plus the BERT-Chinese WordPiece tokenizer.
+"""WukongProcessor: the released image preprocessing plus the BERT-Chinese WordPiece tokenizer.
 
-Images as the released code: RGB (grayscale, palette, RGBA and CMYK are converted), short side
-resized to 224 with bicubic, centre-cropped to 224, CLIP mean/std. Text: CJK characters split
-one per token, "[CLS] text [SEP]", zero padding to 32 tokens, over-long text keeps its first 30
-word pieces and then [SEP].
+Images as the released code, bit for bit (WukongImageProcessor): RGB (grayscale, palette, RGBA and
+CMYK are converted), short side resized to 224 with torchvision's bicubic on the PIL image,
+centre-cropped to 224, CLIP mean/std. Text as the released tokenizer: CJK characters split one
+per token, "[CLS] text [SEP]", zero padding to 32 tokens, over-long text keeps its first 30 word
+pieces and then [SEP]. Text a user writes never becomes a special token ("[MASK]" in a caption is
+the pieces "[", "mask", "]"), and the empty caption is "[CLS] [SEP]": a text with no content,
+which scores by [CLS]/[SEP] alone (defined, but it says nothing about any image).
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from transformers import BertTokenizer, CLIPImageProcessor, ProcessorMixin
+from PIL import Image
+from transformers import BertTokenizer, ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-__all__ = ["WukongProcessor", "load_chinese_vocab", "build_chinese_tokenizer", "build_image_processor"]
+from .image_processing_wukong import CLIP_MEAN, CLIP_STD, WukongImageProcessor
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["WukongProcessor", "load_chinese_vocab", "build_chinese_tokenizer", "build_image_processor",
+           "CLIP_MEAN", "CLIP_STD"]
 
 
 def load_chinese_vocab(path: str | Path | None = None) -> dict[str, int]:
@@ -43,28 +47,36 @@ def build_chinese_tokenizer(vocab_path: str | Path | None = None, max_length: in
     """The BERT-Chinese tokenizer (Rust backend) with model_max_length = max_length.
 
     Built from a vocab dict: BertTokenizer(vocab_file=...) silently ignores the file in transformers 5.
+    split_special_tokens: text like "[MASK]" in a caption is split into ordinary pieces, as the
+    released tokenizer does (saved in tokenizer_config.json, so the pipeline's direct tokenizer
+    calls follow it too).
     """
     return BertTokenizer(
-        vocab=load_chinese_vocab(vocab_path), do_lower_case=True, tokenize_chinese_chars=True, model_max_length=max_length
+        vocab=load_chinese_vocab(vocab_path), do_lower_case=True, tokenize_chinese_chars=True, model_max_length=max_length,
+        split_special_tokens=True,
     )
 
 
-def build_image_processor(image_size: int = 224) -> CLIPImageProcessor:
-    return CLIPImageProcessor(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        resample=3,  # PIL.Image.BICUBIC
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        do_convert_rgb=True,
-    )
+def build_image_processor(image_size: int = 224) -> WukongImageProcessor:
+    """The released preprocessing (torchvision Resize/CenterCrop/ToTensor/Normalize) at `image_size` px."""
+    return WukongImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def _looks_like_text(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value))
+
+
+def _looks_like_images(value) -> bool:
+    return isinstance(value, Image.Image) or (isinstance(value, (list, tuple)) and bool(value)
+                                               and isinstance(value[0], Image.Image))
 
 
 class WukongProcessor(ProcessorMixin):
-    """Wraps a CLIP image processor and a BERT-Chinese tokenizer into one processor.
+    """Wraps an image processor (WukongImageProcessor; a converted Chinese-CLIP model keeps its own)
+    and a BERT-Chinese tokenizer into one processor.
 
-    `processor(text=[...], images=[...])` returns input_ids, attention_mask (padded to
-    `max_length`, 32 by default) and pixel_values (B, 3, S, S).
+    `processor(images=[...], text=[...])` (or by position, images first, as CLIPProcessor) returns
+    input_ids, attention_mask (padded to `max_length`, 32 by default) and pixel_values (B, 3, S, S).
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
@@ -88,8 +100,8 @@ class WukongProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        text: str | list[str] | None = None,
         images=None,
+        text: str | list[str] | None = None,
         padding: bool | str = "max_length",
         truncation: bool = True,
         max_length: int | None = None,
@@ -98,14 +110,15 @@ class WukongProcessor(ProcessorMixin):
     ) -> BatchFeature:
         if text is None and images is None:
             raise ValueError("WukongProcessor needs text, images or both.")
+        # Older code called processor(text, images); CLIPProcessor's order is (images, text).
+        if _looks_like_text(images) and (text is None or _looks_like_images(text)):
+            images, text = text, images
         data = {}
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
             for i, t in enumerate(texts):
                 if not isinstance(t, str):
                     raise TypeError(f"text[{i}] is {type(t).__name__}, expected str.")
-                if not t.strip():
-                    raise ValueError(f"text[{i}] is empty; every caption or label needs at least one character.")
             encoded = self.tokenizer(
                 texts,
                 padding=padding,
@@ -113,6 +126,7 @@ class WukongProcessor(ProcessorMixin):
                 max_length=max_length or self.max_length,
                 return_tensors=return_tensors,
                 return_token_type_ids=False,
+                split_special_tokens=True,  # user text never becomes [MASK]/[PAD]/... (released tokenizer)
             )
             data.update(encoded)
         if images is not None:

@@ -7,7 +7,12 @@ text j with n2 counted tokens y_r:
     text-to-image  s^T_ji = 1/n2 * sum_r max_k <y_r, x_k>
 
 s^T is not the transpose of s^I. Masks say which tokens count (True = counts); a row with no
-counted token scores 0 rather than NaN, and the mean's count is clamped at 1.
+counted token scores 0 rather than NaN, and the mean's count is clamped at 1. The released
+evaluation code differs in one place (`zero_padded_texts`): its image-to-text max also runs over
+the zero vectors of a text's padded positions, so it never falls below 0 for a padded text.
+
+`SimilarityRule.scores` (end of this file) is the one function that decides, from a model's
+config, which of these a pair of feature sets gets.
 
 Memory: the naive form materialises an (I, T, n1, n2) tensor and autograd keeps several copies of
 it. Here the scores are computed tile by tile over images and texts; the forward keeps only the
@@ -25,9 +30,11 @@ with remote code, so it must stay self-contained.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["token_wise_similarity", "global_similarity", "select_top_image_tokens"]
+__all__ = ["SimilarityRule", "token_wise_similarity", "global_similarity", "select_top_image_tokens"]
 
 # Default tile: about 4M scores (16 MB in fp32), big enough for efficient matmuls, small enough
 # that the few tile-sized temporaries stay in the low hundreds of MB.
@@ -82,9 +89,14 @@ def _tile_scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.reshape(ib * n1, d) @ y.reshape(tb * n2, d).t()).view(ib, n1, tb, n2)
 
 
-def _token_wise_tiles(image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype, keep_indices):
+def _token_wise_tiles(
+    image_embeds, text_embeds, image_mask, text_mask, text_floor, image_block, text_block, compute_dtype, keep_indices
+):
     """Both score matrices, tile by tile; with keep_indices also every max's winning token (for the backward).
 
+    text_floor: None, or (T,) values that every image token's max over text j starts from (the
+    released code's padded positions offer 0; -inf where a text has no padding). With
+    keep_indices, also returns where a real token beat the floor (the floor carries no gradient).
     Without keep_indices (inference, nothing needs a gradient) the maxima are taken with amax,
     about 8x faster on CPU than max with indices, and no index tensor is allocated.
     """
@@ -98,10 +110,14 @@ def _token_wise_tiles(image_embeds, text_embeds, image_mask, text_mask, image_bl
     zero = torch.zeros((), dtype=compute_dtype, device=device)
     i2t = torch.zeros(num_images, num_texts, dtype=compute_dtype, device=device)
     t2i = torch.zeros(num_texts, num_images, dtype=compute_dtype, device=device)
-    best_text_token = best_image_token = None
+    best_text_token = best_image_token = real_token_won = None
     if keep_indices:
         best_text_token = torch.empty(num_images, n1, num_texts, dtype=_index_dtype(n2), device=device)
         best_image_token = torch.empty(num_images, num_texts, n2, dtype=_index_dtype(n1), device=device)
+        if text_floor is not None:
+            real_token_won = torch.empty(num_images, n1, num_texts, dtype=torch.bool, device=device)
+    if text_floor is not None:
+        text_floor = text_floor.to(device=device, dtype=compute_dtype)
     for i0 in range(0, num_images, image_block):
         i1 = min(i0 + image_block, num_images)
         x = image_embeds[i0:i1].to(compute_dtype)
@@ -131,21 +147,29 @@ def _token_wise_tiles(image_embeds, text_embeds, image_mask, text_mask, image_bl
                 best_text_token[i0:i1, :, j0:j1] = arg.to(best_text_token.dtype)
             else:
                 best = scores.amax(dim=3)
+            if text_floor is not None:
+                floor = text_floor[None, None, j0:j1]
+                if keep_indices:
+                    real_token_won[i0:i1, :, j0:j1] = best >= floor
+                best = torch.maximum(best, floor)
             best = torch.where(x_mask[:, :, None] & text_valid[None, None, j0:j1], best, zero)
             i2t[i0:i1, j0:j1] = best.sum(1) / image_count[i0:i1, None]
             del scores, best
-    return i2t, t2i, best_text_token, best_image_token
+    return i2t, t2i, best_text_token, best_image_token, real_token_won
 
 
 class _TokenWiseSimilarity(torch.autograd.Function):
     """Tiled token-wise similarity; saves argmax indices instead of the 4-D score tensor."""
 
     @staticmethod
-    def forward(ctx, image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype):
-        i2t, t2i, best_text_token, best_image_token = _token_wise_tiles(
-            image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, compute_dtype, keep_indices=True
+    def forward(ctx, image_embeds, text_embeds, image_mask, text_mask, text_floor, image_block, text_block, compute_dtype):
+        i2t, t2i, best_text_token, best_image_token, real_token_won = _token_wise_tiles(
+            image_embeds, text_embeds, image_mask, text_mask, text_floor, image_block, text_block, compute_dtype,
+            keep_indices=True,
         )
-        ctx.save_for_backward(image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token)
+        ctx.save_for_backward(
+            image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token, real_token_won
+        )
         ctx.blocks = (image_block, text_block)
         ctx.compute_dtype = compute_dtype
         return i2t, t2i
@@ -153,7 +177,9 @@ class _TokenWiseSimilarity(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_i2t, grad_t2i):
-        image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token = ctx.saved_tensors
+        image_embeds, text_embeds, image_mask, text_mask, best_text_token, best_image_token, real_token_won = (
+            ctx.saved_tensors
+        )
         image_block, text_block = ctx.blocks
         dtype = ctx.compute_dtype
         num_images, n1, d = image_embeds.shape
@@ -175,6 +201,8 @@ class _TokenWiseSimilarity(torch.autograd.Function):
                 # The sparse gradient of the tile's scores: one entry per max of either direction.
                 weight = torch.zeros(ib, n1, tb, n2, dtype=dtype, device=x.device)
                 w_i2t = coef_i2t[i0:i1, None, j0:j1] * image_mask_c[i0:i1, :, None]  # (Ib, n1, Tb)
+                if real_token_won is not None:  # where the padding floor won, no token gets the gradient
+                    w_i2t = w_i2t * real_token_won[i0:i1, :, j0:j1]
                 weight.scatter_add_(3, best_text_token[i0:i1, :, j0:j1].long().unsqueeze(3), w_i2t.unsqueeze(3))
                 w_t2i = coef_t2i[j0:j1, i0:i1].t()[:, :, None] * text_mask_c[None, j0:j1]  # (Ib, Tb, n2)
                 weight.scatter_add_(1, best_image_token[i0:i1, j0:j1].long().unsqueeze(1), w_t2i.unsqueeze(1))
@@ -185,7 +213,7 @@ class _TokenWiseSimilarity(torch.autograd.Function):
         return (
             grad_image.to(image_embeds.dtype) if ctx.needs_input_grad[0] else None,
             grad_text.to(text_embeds.dtype) if ctx.needs_input_grad[1] else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
@@ -238,6 +266,7 @@ def token_wise_similarity(
     image_mask: torch.Tensor | None = None,
     text_mask: torch.Tensor | None = None,
     *,
+    zero_padded_texts: torch.Tensor | None = None,
     image_token_fraction: float | None = None,
     accumulate_fp32: bool = True,
     image_block_size: int | None = None,
@@ -251,6 +280,10 @@ def token_wise_similarity(
         text_embeds: (T, n2, d) L2-normalised text token embeddings.
         image_mask: (I, n1) bool, True where the token counts. None: all count.
         text_mask: (T, n2) bool, True where the token counts. None: all count.
+        zero_padded_texts: (T,) bool or None. The released code's image-to-text rule: for a text
+            marked True (one its fixed-length layout pads), every image token's max over the
+            text's tokens also sees the padded positions, which offer a similarity of exactly 0.
+            None: padding never takes part (the paper's rule).
         image_token_fraction: keep only this fraction of each image's counted tokens, chosen by
             `select_top_image_tokens` against these texts (FILIP: 0.25). None: keep all.
         accumulate_fp32: with float16/bfloat16 inputs, compute the tiles and the scores in fp32.
@@ -264,6 +297,14 @@ def token_wise_similarity(
     _check_token_inputs(image_embeds, text_embeds, image_mask, text_mask)
     image_mask = _full_mask(image_embeds, image_mask)
     text_mask = _full_mask(text_embeds, text_mask)
+    text_floor = None
+    if zero_padded_texts is not None:
+        if tuple(zero_padded_texts.shape) != (text_embeds.shape[0],):
+            raise ValueError(
+                f"zero_padded_texts has shape {tuple(zero_padded_texts.shape)} but there are {text_embeds.shape[0]} "
+                "texts; give one bool per text."
+            )
+        text_floor = torch.where(zero_padded_texts.to(text_embeds.device).bool(), 0.0, float("-inf"))
     if image_token_fraction is not None:
         image_mask = select_top_image_tokens(image_embeds, text_embeds, image_mask, text_mask, image_token_fraction)
     dtype = torch.promote_types(image_embeds.dtype, text_embeds.dtype)
@@ -275,11 +316,14 @@ def token_wise_similarity(
     )
     if not (torch.is_grad_enabled() and (image_embeds.requires_grad or text_embeds.requires_grad)):
         # Inference (evaluation, retrieval): no backward, so no argmax indices to keep.
-        i2t, t2i, _, _ = _token_wise_tiles(
-            image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, dtype, keep_indices=False
+        i2t, t2i, *_ = _token_wise_tiles(
+            image_embeds, text_embeds, image_mask, text_mask, text_floor, image_block, text_block, dtype,
+            keep_indices=False,
         )
         return i2t, t2i
-    return _TokenWiseSimilarity.apply(image_embeds, text_embeds, image_mask, text_mask, image_block, text_block, dtype)
+    return _TokenWiseSimilarity.apply(
+        image_embeds, text_embeds, image_mask, text_mask, text_floor, image_block, text_block, dtype
+    )
 
 
 def global_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
@@ -290,3 +334,85 @@ def global_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> 
             f"{tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}."
         )
     return image_embeds @ text_embeds.t()
+
+
+# ----- the scoring rule: the one place that decides how features become scores --------------------
+SIMILARITY_KINDS = ("global", "token_wise")
+TOKEN_WISE_PADDING = ("ignore", "zero")
+
+
+@dataclass(frozen=True)
+class SimilarityRule:
+    """How a model turns image and text features into scores (stored in its config.json).
+
+    kind: "global" (dot product of the global embeddings) or "token_wise" (FILIP late
+        interaction over the counted tokens).
+    padding: token-wise image-to-text only. "ignore" (the paper): padded text positions never
+        take part. "zero" (the released evaluation code): the text is padded to the tower's
+        fixed length, its padded rows are zero vectors, and each image token's max runs over
+        all positions, so a padded position offers 0, which wins when every real token is
+        negative.
+    """
+
+    kind: str = "token_wise"
+    padding: str = "ignore"
+
+    def __post_init__(self):
+        if self.kind not in SIMILARITY_KINDS:
+            raise ValueError(f"Unknown similarity {self.kind!r}: expected one of {', '.join(map(repr, SIMILARITY_KINDS))}.")
+        if self.padding not in TOKEN_WISE_PADDING:
+            raise ValueError(
+                f"Unknown token_wise_padding {self.padding!r}: expected one of {', '.join(map(repr, TOKEN_WISE_PADDING))}."
+            )
+
+    @classmethod
+    def from_config(cls, config) -> "SimilarityRule":
+        """The rule of a WukongConfig (fields `similarity` and `token_wise_padding`)."""
+        return cls(kind=config.similarity, padding=getattr(config, "token_wise_padding", "ignore"))
+
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether scores read token_embeds/token_mask (else only the global embeds)."""
+        return self.kind == "token_wise"
+
+    def scores(
+        self,
+        image_features,
+        text_features,
+        *,
+        image_token_fraction: float | None = None,
+        image_block_size: int | None = None,
+        text_block_size: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled (image_to_text (I, T), text_to_image (T, I)) of WukongImageFeatures x WukongTextFeatures.
+
+        This is the only place that decides how a kind of similarity is computed; the model's
+        logits, the loss, zero-shot ensembles, retrieval and the Space all come through here.
+        image_token_fraction and the block sizes only concern token-wise scoring (see
+        `token_wise_similarity`).
+        """
+        if self.kind == "global":
+            image_to_text = global_similarity(image_features.embeds, text_features.embeds)
+            return image_to_text, image_to_text.t()
+        if image_features.token_embeds is None or text_features.token_embeds is None:
+            raise ValueError(
+                "token-wise scoring needs token features (token_embeds and token_mask); these features were made "
+                "without them. Encode with the model's own encode_image/encode_text."
+            )
+        zero_padded = None
+        if self.padding == "zero":
+            zero_padded = text_features.has_padding
+            if zero_padded is None:
+                raise ValueError(
+                    "token_wise_padding='zero' needs text features with has_padding (from WukongModel.encode_text)."
+                )
+        return token_wise_similarity(
+            image_features.token_embeds,
+            text_features.token_embeds,
+            image_features.token_mask,
+            text_features.token_mask,
+            zero_padded_texts=zero_padded,
+            image_token_fraction=image_token_fraction,
+            image_block_size=image_block_size,
+            text_block_size=text_block_size,
+        )

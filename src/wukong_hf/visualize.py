@@ -63,7 +63,7 @@ class WordPatchAlignment:
 
 def _check_token_wise(model) -> None:
     config = model.config
-    if getattr(config, "similarity", None) != "token_wise":
+    if not model.similarity_rule.uses_tokens:
         raise ValueError(
             f"Word-patch alignment needs a token-wise model (config.similarity='token_wise'), but this model has a "
             f"{getattr(config, 'similarity', 'unknown')!r} head: its patch tokens are never trained to match words. "
@@ -75,12 +75,6 @@ def _check_token_wise(model) -> None:
             f"This model reduces its patches to {config.num_reduced_tokens} learned tokens, which have no place in the "
             "image; word-patch alignment needs a token-wise model without token reduction (num_reduced_tokens=None)."
         )
-
-
-def _num_prefix_tokens(model) -> int:
-    if model.config.vision_config.model_type == "clip_vision_model":
-        return 1
-    return int(getattr(model.vision_model.timm_model, "num_prefix_tokens", 0))
 
 
 def _crop_box(width: int, height: int) -> tuple[float, float, float, float]:
@@ -115,16 +109,16 @@ def word_patch_alignments(model, processor, images: list[Image.Image], labels: l
     image_features = model.encode_image(inputs["pixel_values"].to(device))
     text_features = model.encode_text(inputs["input_ids"].to(device), inputs["attention_mask"].to(device))
     model.train(was_training)
-    patches = image_features.token_embeds[:, _num_prefix_tokens(model):].float().cpu()  # (B, P, D)
-    side = int(round(patches.shape[1] ** 0.5))
-    if side * side != patches.shape[1]:
-        raise ValueError(f"The image tower gives {patches.shape[1]} patch tokens, not a square grid; cannot draw them.")
+    patches = image_features.patch_embeds().float().cpu()  # (B, H, W, D) on the image's patch grid
+    rows, cols = patches.shape[1:3]
+    if rows == 1 and cols > 1:
+        raise ValueError(f"The image tower gives {cols} patch tokens, not a square grid; cannot draw them.")
     results = []
     for b, (image, label) in enumerate(zip(images, labels)):
         length = int(inputs["attention_mask"][b].sum())
         ids = inputs["input_ids"][b, :length].tolist()
         text = text_features.token_embeds[b, :length].float().cpu()  # (T, D)
-        similarity = (patches[b] @ text.t()).reshape(side, side, length)
+        similarity = patches[b] @ text.t()  # (H, W, T)
         results.append(
             WordPatchAlignment(
                 tokens=processor.tokenizer.convert_ids_to_tokens(ids),

@@ -13,7 +13,7 @@ from transformers import BertConfig, ChineseCLIPModel, CLIPVisionConfig
 
 from ..configuration_wukong import WukongConfig
 from ..modeling_wukong import WukongModel
-from ..processing_wukong import WukongProcessor
+from ..processing_wukong import WukongProcessor, build_chinese_tokenizer
 from .original import ConversionReport
 
 __all__ = ["chinese_clip_config_to_wukong", "chinese_clip_to_wukong", "convert_chinese_clip"]
@@ -76,8 +76,23 @@ def _vocab_file(model: str | Path) -> Path | None:
         return None
 
 
+def _source_image_processor(model: str | Path, report: ConversionReport):
+    """The source's own image processor (its resize/crop settings), or None when it has none."""
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(str(model))
+    except (OSError, ValueError) as err:
+        report.notes.append(f"no image processor beside the source ({str(err).splitlines()[0][:120]}): "
+                            "using the released Wukong preprocessing (resize short side, centre crop).")
+        return None
+
+
 def convert_chinese_clip(model: str | Path, out_dir: str | Path) -> ConversionReport:
     """Convert a ChineseCLIPModel (local folder or Hub id) into a WukongModel + WukongProcessor folder.
+
+    The source's image processor is kept as it is (OFA-Sys configs squash images to 224x224
+    without a centre crop), so converted models see exactly the pixels Chinese-CLIP sees.
 
     Returns the ConversionReport (also written to out_dir/conversion_report.json).
     """
@@ -91,7 +106,11 @@ def convert_chinese_clip(model: str | Path, out_dir: str | Path) -> ConversionRe
     if vocab is None:
         report.notes.append("no vocab.txt beside the source: using the bundled BERT-Chinese vocabulary.")
     max_length = min(CHINESE_CLIP_CONTEXT_LENGTH, wukong.config.max_text_length)
-    processor = WukongProcessor.from_defaults(wukong.config.image_size, max_length, vocab)
+    image_processor = _source_image_processor(model, report)
+    if image_processor is None:
+        processor = WukongProcessor.from_defaults(wukong.config.image_size, max_length, vocab)
+    else:
+        processor = WukongProcessor(image_processor, build_chinese_tokenizer(vocab, max_length))
     out_dir = Path(out_dir)
     wukong.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

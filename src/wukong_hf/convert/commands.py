@@ -8,11 +8,23 @@ __all__ = ["register"]
 
 
 def _cmd_original(args) -> int:
-    from .original import convert_original_checkpoint
+    from .original import convert_original_checkpoint, load_variant_config
 
-    report = convert_original_checkpoint(args.checkpoint, args.variant, args.out, vocab=args.vocab)
+    variant = args.variant if args.config is None else load_variant_config(args.config)
+    rule = None if args.scoring_rule == "config" else args.scoring_rule
+    report = convert_original_checkpoint(args.checkpoint, variant, args.out, vocab=args.vocab, scoring_rule=rule)
     print(report.summary())
     print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_set_rule(args) -> int:
+    from .scoring_rule import set_scoring_rule
+
+    config = set_scoring_rule(args.model, args.rule, token_wise_padding=args.token_wise_padding,
+                              zero_shot_ensemble=args.zero_shot_ensemble)
+    print(f"{args.model}: token_wise_padding={config.token_wise_padding!r}, zero-shot ensemble "
+          f"{config.ensemble_method!r} (config.json rewritten; weights untouched)")
     return 0
 
 
@@ -27,7 +39,7 @@ def _cmd_chinese_clip(args) -> int:
 def _cmd_image_tower(args) -> int:
     from .image_tower import init_lit_model
 
-    report = init_lit_model(args.preset, args.weights, args.out, lock=not args.unlocked, revision=args.revision)
+    report = init_lit_model(args.preset, args.weights, args.out, revision=args.revision)
     print(report.summary())
     print(f"wrote {args.out}")
     return 0
@@ -50,21 +62,33 @@ def register(subparsers) -> None:
 
     p = kinds.add_parser("original", help="a released Wukong checkpoint (torch file or numpy pickle) -> model folder")
     p.add_argument("--checkpoint", required=True, help="official .ckpt/.pt/.pth file or pickle of numpy arrays")
-    p.add_argument("--variant", required=True, help="preset name, e.g. wukong-vit-b-32 (see `wukong presets`)")
+    layout = p.add_mutually_exclusive_group(required=True)
+    layout.add_argument("--variant", help="preset name, e.g. wukong-vit-b-32 (see `wukong presets`)")
+    layout.add_argument("--config", help="a WukongConfig JSON file or a saved model folder, for layouts not bundled")
     add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.add_argument("--vocab", help="vocab.txt (default: beside the checkpoint, else the bundled BERT-Chinese one)")
+    p.add_argument("--scoring-rule", choices=("official", "paper", "config"), default="official",
+                   help="score as the released evaluation code (official), as the paper, or as the config says")
     p.set_defaults(func=_cmd_original)
+
+    p = kinds.add_parser("set-rule", help="switch a saved model between the paper's and the released code's scoring rules")
+    p.add_argument("model", help="saved Wukong model folder (its config.json is rewritten)")
+    p.add_argument("--rule", choices=("official", "paper"), help="both settings at once")
+    p.add_argument("--token-wise-padding", choices=("ignore", "zero"), help="padded text positions: ignored or offer 0")
+    p.add_argument("--zero-shot-ensemble", choices=("embedding", "similarity", "probability"),
+                   help="how zero-shot combines prompt templates")
+    p.set_defaults(func=_cmd_set_rule)
 
     p = kinds.add_parser("chinese-clip", help="a transformers ChineseCLIPModel (folder or Hub id) -> global Wukong model")
     p.add_argument("--model", required=True, help="folder or Hub id, e.g. OFA-Sys/chinese-clip-vit-base-patch16")
     add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.set_defaults(func=_cmd_chinese_clip)
 
-    p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained (locked) image tower, for LiT")
+    p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained image tower: the start of LiT "
+                         "(the training run locks the tower)")
     p.add_argument("--preset", required=True, help="preset whose image tower is a timm architecture")
     p.add_argument("--weights", required=True, help="OpenAI-CLIP or timm weights: file, folder or Hub id")
     add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
-    p.add_argument("--unlocked", action="store_true", help="leave the image tower trainable (default: locked, LiT)")
     p.add_argument("--revision", help="Hub revision when --weights is a Hub id")
     p.set_defaults(func=_cmd_image_tower)
 

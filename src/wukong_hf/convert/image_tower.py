@@ -56,14 +56,13 @@ def resolve_weights_file(source: str | Path, revision: str | None = None) -> Pat
 
 
 def load_image_tower(
-    model: WukongModel, source: str | Path, *, lock: bool = True, revision: str | None = None
+    model: WukongModel, source: str | Path, *, revision: str | None = None
 ) -> ConversionReport:
-    """Load pretrained image-tower weights into `model.vision_model` (timm towers) and lock it for LiT.
+    """Load pretrained image-tower weights into `model.vision_model` (timm towers), the start of LiT.
 
     Args:
         model: a WukongModel whose vision_config is a timm architecture matching the weights.
         source: weights file (safetensors / torch / numpy pickle), folder, or Hub repo id.
-        lock: freeze the tower afterwards (LiT).
 
     Returns:
         ConversionReport: tower keys mapped, source keys left out (text tower, classifier head).
@@ -118,17 +117,19 @@ def load_image_tower(
                 f"head {tuple(head_weight.shape)} is a classifier or does not fit projection_dim="
                 f"{model.config.projection_dim}: visual_projection keeps its random initialisation"
             )
-    model.lock_image_tower(lock)
     return report
 
 
 def init_lit_model(
-    preset: str, weights: str | Path, out_dir: str | Path, *, lock: bool = True, revision: str | None = None
+    preset: str, weights: str | Path, out_dir: str | Path, *, revision: str | None = None
 ) -> ConversionReport:
-    """A new WukongModel of `preset` whose image tower holds pretrained `weights` (locked for LiT),
-    saved with its processor to `out_dir` (plus conversion_report.json) as the starting point of training."""
-    model = WukongModel(preset_config(preset, lock_image_tower=lock))
-    report = load_image_tower(model, weights, lock=lock, revision=revision)
+    """A new WukongModel of `preset` whose image tower holds pretrained `weights`, saved with its
+    processor to `out_dir` (plus conversion_report.json) as the starting point of LiT training.
+
+    The folder is an ordinary model: the training run locks the tower (`model.lock_image_tower`
+    in the training config, true by default)."""
+    model = WukongModel(preset_config(preset))
+    report = load_image_tower(model, weights, revision=revision)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     WukongProcessor.from_config(model.config).save_pretrained(out_dir)

@@ -15,6 +15,7 @@ Layout of the releases (docs/wukong-facts.md): ``visual.*`` (OpenAI-CLIP ViT, or
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import re
@@ -33,6 +34,7 @@ __all__ = [
     "ConversionReport",
     "original_to_wukong_state_dict",
     "convert_original_checkpoint",
+    "load_variant_config",
 ]
 
 # Non-persistent buffers some releases saved; the model recomputes them.
@@ -256,20 +258,49 @@ def _vocab_for(checkpoint: Path, vocab: str | Path | None) -> Path | None:
     return beside if beside.is_file() else None
 
 
+def load_variant_config(source: str | Path) -> WukongConfig:
+    """A WukongConfig from a config JSON file or a saved model/config folder (for layouts we did not bundle)."""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json; pass a WukongConfig JSON file or a saved model folder.")
+        path = path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} does not exist; pass a WukongConfig JSON file or a saved model folder.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"config {path} is not valid JSON ({err}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path} must hold a JSON object of WukongConfig fields.")
+    data.pop("description", None)
+    if data.get("model_type", "wukong") != "wukong":
+        raise ValueError(f"config {path} has model_type {data['model_type']!r}; a Wukong config has 'wukong'.")
+    for key in ("model_type", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype"):
+        data.pop(key, None)
+    try:
+        return WukongConfig(**data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config {path}: {err}") from None
+
+
 def convert_original_checkpoint(
     checkpoint: str | Path,
     variant: str | WukongConfig,
     out_dir: str | Path,
     *,
     vocab: str | Path | None = None,
+    scoring_rule: str | None = "official",
 ) -> ConversionReport:
     """Convert one released checkpoint file into a WukongModel + WukongProcessor folder.
 
     Args:
         checkpoint: PyTorch file (flat / "state_dict" / "module.") or pickle of numpy arrays.
-        variant: preset name (e.g. "wukong-vit-b-32") or a WukongConfig.
+        variant: preset name (e.g. "wukong-vit-b-32") or a WukongConfig (see load_variant_config).
         out_dir: folder to write (model.safetensors, config.json, processor files, conversion_report.json).
         vocab: vocab.txt for the tokenizer; default: vocab.txt beside the checkpoint, else the bundled one.
+        scoring_rule: "official" (default: score exactly as the released evaluation code), "paper", or
+            None to keep the config's own token_wise_padding / zero_shot_ensemble.
 
     Returns:
         The ConversionReport (also written to out_dir/conversion_report.json).
@@ -277,13 +308,19 @@ def convert_original_checkpoint(
     checkpoint = Path(checkpoint)
     state = load_state_dict_file(checkpoint)
     name = variant if isinstance(variant, str) else "custom"
-    config = preset_config(variant) if isinstance(variant, str) else variant
+    config = preset_config(variant) if isinstance(variant, str) else copy.deepcopy(variant)
+    if scoring_rule is not None:
+        config.use_scoring_rule(scoring_rule)
     model = WukongModel(config).eval()
     try:
         converted, report = original_to_wukong_state_dict(state, model, name)
     except ValueError as err:
         raise ValueError(f"{checkpoint}: {err}") from None
     report.source = str(checkpoint)
+    report.notes.append(
+        f"scores by the {scoring_rule or 'config'} rules: token_wise_padding={config.token_wise_padding!r}, "
+        f"zero-shot ensemble {config.ensemble_method!r} (switch with `wukong convert set-rule`)."
+    )
     model.load_state_dict(converted, strict=True)
     processor = WukongProcessor.from_config(config, vocab_path=_vocab_for(checkpoint, vocab))  # fails before writing
     out_dir = Path(out_dir)

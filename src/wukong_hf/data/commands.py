@@ -73,7 +73,7 @@ def _cmd_prepare(args) -> int:
 
     pairs = sorted(p for pattern in (args.pairs or []) for p in (glob.glob(os.path.join(pattern, "*.parquet")) if os.path.isdir(pattern) else glob.glob(pattern)))
     if args.pairs and not pairs:
-        raise FileNotFoundError(f"no Parquet files at {args.pairs}")
+        raise FileNotFoundError(f"no Parquet files at {args.pairs}; pass the --out folder of `wukong data filter` or its .parquet files")
     filter_report = next((os.path.join(p, "filter_report.json") for p in (args.pairs or []) if os.path.isdir(p)), None)
     _print(prepare_dataset_repo(args.out, pairs=pairs, shards_dir=args.shards, filter_report=filter_report,
                                 card_template=args.card_template or CARD_TEMPLATE))
@@ -129,7 +129,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-word-count", action="store_true", help="switch off the 1..31 jieba words filter")
     p.add_argument("--no-frequent", action="store_true", help="switch off the > 10 occurrences filter")
     p.add_argument("--no-names", action="store_true", help="do not replace person names with <人名>")
-    p.add_argument("--name-masker", choices=("fast", "posseg"), default="fast", help="person-name masker")
+    p.add_argument("--name-masker", choices=("fast", "posseg"), default="fast",
+                   help="fast: rules over jieba's dictionary that leave everyday words alone (default); "
+                        "posseg: every jieba.posseg token tagged nr (the baseline, slower)")
     p.add_argument("--sensitive-words", help="UTF-8 file, one word per line (none is bundled)")
     p.set_defaults(func=_cmd_filter)
 

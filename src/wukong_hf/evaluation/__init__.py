@@ -1,6 +1,6 @@
 """Evaluation: zero-shot classification with Chinese prompts and image-text retrieval (paper Tables 5-6)."""
 
-from .features import FeatureBank, encode_images, encode_texts, pairwise_scores
+from .encoding import encode_images, encode_texts
 from .image_sources import LabelledImages, hf_dataset_images, image_folder_images, imagenet_val_images
 from .metrics import classification_metrics, rank_against_negatives, recall_at_k, retrieval_metrics_from_scores
 from .prompts import load_classnames, load_templates
@@ -18,10 +18,8 @@ from .retrieval_sets import (
 from .zero_shot import ensemble_class_scores, zero_shot_classification
 
 __all__ = [
-    "FeatureBank",
     "encode_images",
     "encode_texts",
-    "pairwise_scores",
     "LabelledImages",
     "hf_dataset_images",
     "image_folder_images",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from .features import ImageLoader, open_rgb
+from .encoding import ImageLoader, open_rgb
 
 __all__ = ["LabelledImages", "image_folder_images", "imagenet_val_images", "dataset_images", "hf_dataset_images"]
 

@@ -13,8 +13,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .features import FeatureBank, encode_images, encode_texts, pairwise_scores
-from .metrics import rank_against_negatives, recall_at_k
+from ..features import WukongImageFeatures, WukongTextFeatures
+from ..similarity import SimilarityRule
+from .encoding import encode_images, encode_texts
+from .metrics import rank_against_negatives
+from .metrics import retrieval_metrics_from_ranks as metrics_from_ranks
 from .retrieval_sets import RetrievalSet
 
 NO_ANSWER = -1  # rank of an image that no text describes (MUGE distractors)
@@ -31,10 +34,10 @@ def _pairs(text_images: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def retrieval_ranks(
-    images: FeatureBank,
-    texts: FeatureBank,
+    images: WukongImageFeatures,
+    texts: WukongTextFeatures,
     text_images: list[list[int]],
-    similarity: str,
+    rule: SimilarityRule,
     image_block_size: int = 128,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +46,7 @@ def retrieval_ranks(
     Args:
         images: I image features. texts: T text features.
         text_images: for each text, the indices of its correct images.
-        similarity: "global" or "token_wise".
+        rule: the model's SimilarityRule (model.similarity_rule).
         image_block_size: images scored at once; peak extra memory ~ block * T * n1 * n2 floats
             inside token_wise_similarity's own text blocking, plus block * T scores.
 
@@ -60,7 +63,7 @@ def retrieval_ranks(
         stop = min(start + image_block_size, num_images)
         sel = (pair_img >= start) & (pair_img < stop)
         local_texts = torch.unique(pair_txt[sel])
-        i2t, t2i = pairwise_scores(images.select(slice(start, stop)), texts.select(local_texts), similarity)
+        i2t, t2i = rule.scores(images.select(slice(start, stop)), texts.select(local_texts))
         rows, cols = pair_img[sel] - start, torch.searchsorted(local_texts, pair_txt[sel])
         best_i2t.scatter_reduce_(0, pair_img[sel], i2t[rows, cols], reduce="amax")
         best_t2i.scatter_reduce_(0, pair_txt[sel], t2i[cols, rows], reduce="amax")
@@ -71,7 +74,7 @@ def retrieval_ranks(
         sel = (pair_img >= start) & (pair_img < stop)
         correct = torch.zeros(stop - start, num_texts, dtype=torch.bool)
         correct[pair_img[sel] - start, pair_txt[sel]] = True
-        i2t, t2i = pairwise_scores(images.select(slice(start, stop)), texts, similarity)
+        i2t, t2i = rule.scores(images.select(slice(start, stop)), texts)
         i2t_ranks[start:stop] = rank_against_negatives(i2t, best_i2t[start:stop], correct)
         t2i_ranks += rank_against_negatives(t2i, best_t2i, correct.t())
     i2t_ranks[torch.isinf(best_i2t)] = NO_ANSWER
@@ -79,16 +82,17 @@ def retrieval_ranks(
 
 
 def shortlist_ranks(
-    images: FeatureBank,
-    texts: FeatureBank,
+    images: WukongImageFeatures,
+    texts: WukongTextFeatures,
     text_images: list[list[int]],
+    rule: SimilarityRule,
     shortlist: int = 64,
     block_size: int = 1024,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranks when each query keeps its top-`shortlist` candidates by global embeddings and
-    re-ranks them token-wise. A query whose correct answers all miss the shortlist gets rank
-    `shortlist` (a miss at every R@k with k <= shortlist).
+    re-ranks them by `rule` (the model's token-wise rule). A query whose correct answers all miss
+    the shortlist gets rank `shortlist` (a miss at every R@k with k <= shortlist).
 
     Returns (i2t_ranks (I,), t2i_ranks (T,)) like retrieval_ranks.
     """
@@ -98,19 +102,26 @@ def shortlist_ranks(
     for i, j in zip(pair_img.tolist(), pair_txt.tolist()):
         correct_texts[i].add(j)
 
-    def rerank(queries: FeatureBank, candidates: FeatureBank, num_queries: int, query_is_image: bool) -> torch.Tensor:
+    shortlist_rule = SimilarityRule("global")  # the shortlist: global embeddings, whatever the model's head
+
+    def rerank(queries, candidates, num_queries: int, query_is_image: bool) -> torch.Tensor:
         k = min(shortlist, len(candidates))
         ranks = torch.full((num_queries,), shortlist, dtype=torch.long)
         for start in tqdm(range(0, num_queries, block_size), desc="shortlist + rerank", unit="block", disable=not progress):
             stop = min(start + block_size, num_queries)
-            top = (queries.embeds[start:stop] @ candidates.embeds.t()).topk(k, dim=1).indices
+            block = queries.select(slice(start, stop))
+            if query_is_image:
+                coarse = shortlist_rule.scores(block, candidates)[0]
+            else:
+                coarse = shortlist_rule.scores(candidates, block)[1]
+            top = coarse.topk(k, dim=1).indices
             for q in range(start, stop):
                 cand = top[q - start]
                 if query_is_image:
-                    scores = pairwise_scores(queries.select([q]), candidates.select(cand), "token_wise")[0][0]
+                    scores = rule.scores(queries.select([q]), candidates.select(cand))[0][0]
                     is_correct = torch.tensor([c in correct_texts[q] for c in cand.tolist()])
                 else:
-                    scores = pairwise_scores(candidates.select(cand), queries.select([q]), "token_wise")[1][0]
+                    scores = rule.scores(candidates.select(cand), queries.select([q]))[1][0]
                     is_correct = torch.tensor([q in correct_texts[c] for c in cand.tolist()])
                 if is_correct.any():
                     best = scores[is_correct].max()
@@ -126,30 +137,24 @@ def retrieval_metrics_from_ranks(
     i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, directions: tuple[str, ...] = ("i2t", "t2i")
 ) -> dict[str, float]:
     """{"i2t_R@1", ..., "t2i_R@10", "MR"} in percent; images ranked NO_ANSWER are left out of i2t."""
-    metrics: dict[str, float] = {}
-    if "i2t" in directions:
-        metrics.update({f"i2t_{k}": v for k, v in recall_at_k(i2t_ranks[i2t_ranks != NO_ANSWER]).items()})
-    if "t2i" in directions:
-        metrics.update({f"t2i_{k}": v for k, v in recall_at_k(t2i_ranks).items()})
-    metrics["MR"] = sum(metrics.values()) / len(metrics)
-    return metrics
+    return metrics_from_ranks(i2t_ranks, t2i_ranks, directions)  # the wukong_retrieval evaluate module
 
 
 def retrieval_from_features(
-    images: FeatureBank,
-    texts: FeatureBank,
+    images: WukongImageFeatures,
+    texts: WukongTextFeatures,
     text_images: list[list[int]],
-    similarity: str,
+    rule: SimilarityRule,
     directions: tuple[str, ...] = ("i2t", "t2i"),
     shortlist: int | None = None,
     image_block_size: int = 128,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Retrieval metrics from cached features; shortlist (token-wise only) re-ranks the global top-k."""
-    if shortlist and similarity == "token_wise":
-        ranks = shortlist_ranks(images, texts, text_images, shortlist, progress=progress)
+    """Retrieval metrics from cached features; shortlist (token-wise rules only) re-ranks the global top-k."""
+    if shortlist and rule.uses_tokens:
+        ranks = shortlist_ranks(images, texts, text_images, rule, shortlist, progress=progress)
     else:
-        ranks = retrieval_ranks(images, texts, text_images, similarity, image_block_size, progress=progress)
+        ranks = retrieval_ranks(images, texts, text_images, rule, image_block_size, progress=progress)
     return retrieval_metrics_from_ranks(*ranks, directions=directions)
 
 
@@ -180,13 +185,14 @@ def evaluate_retrieval(
         raise ValueError(f"No text of {dataset.name} has a readable image; check the image files.")
     text_bank = encode_texts(model, processor, [dataset.texts[j] for j in text_keep], batch_size=4 * batch_size)
     metrics = retrieval_from_features(
-        image_bank, text_bank, text_images, model.config.similarity, dataset.directions, shortlist, image_block_size
+        image_bank, text_bank, text_images, model.similarity_rule, dataset.directions, shortlist, image_block_size
     )
     return {
         "task": "image-text-retrieval",
         "dataset": dataset.name,
         "split": dataset.split,
-        "similarity": model.config.similarity,
+        "similarity": model.similarity_rule.kind,
+        "token_wise_padding": model.similarity_rule.padding,
         "directions": list(dataset.directions),
         "shortlist": shortlist,
         "num_images": len(kept),

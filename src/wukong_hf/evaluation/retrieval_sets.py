@@ -13,7 +13,9 @@ Accepted inputs (exact formats in docs/evaluation.md, Retrieval):
                 image_id, image, captions, text_ids.
 
 Bad rows (broken base64, unreadable JSON, captions of missing images) are skipped and counted in
-RetrievalSet.skipped, or raise at once with strict=True; nothing is dropped silently.
+RetrievalSet.skipped (the log and any "nothing usable" error give the count per reason and the first
+example), or raise at once with strict=True; nothing is dropped silently. Base64 may be standard or
+URL-safe (Chinese-CLIP writes URL-safe), with or without padding.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from .features import ImageLoader, open_rgb
+from .encoding import ImageLoader, open_rgb
 
 __all__ = [
     "RetrievalSet",
@@ -52,7 +54,8 @@ class RetrievalSet:
 
     image_bytes[i]() -> encoded bytes of image i (lazy). text_images[j]: indices of the images
     text j describes (several for MUGE). directions: ("i2t", "t2i"), or ("t2i",) for MUGE.
-    skipped: [{"row", "id", "reason"}] for every input row that was left out.
+    skipped: [{"row", "id", "reason", "kind"}] for every input row that was left out (kind: the reason
+    without its details, for counting).
     """
 
     name: str
@@ -82,17 +85,32 @@ def _open_lazy(load: Callable[[], bytes]):
     return open_rgb(load())
 
 
-def _skip(skipped: list[dict], strict: bool, where: str, row_id: str, reason: str) -> None:
+def _skip(skipped: list[dict], strict: bool, where: str, row_id: str, reason: str, kind: str) -> None:
+    """Record a left-out row; kind is the reason without its details (counted per kind in the summary)."""
     if strict:
         raise ValueError(f"{where}: {reason}. Fix or remove that row, or run without --strict to skip and count it.")
-    skipped.append({"row": where, "id": row_id, "reason": reason})
+    skipped.append({"row": where, "id": row_id, "reason": reason, "kind": kind})
+
+
+def skipped_summary(skipped: list[dict]) -> str:
+    """One line: "N row(s) skipped: kind count, ...; first: FILE line L (id 'X'): reason" ("" when none)."""
+    if not skipped:
+        return ""
+    counts: dict[str, int] = {}
+    for row in skipped:
+        counts[row.get("kind") or row["reason"]] = counts.get(row.get("kind") or row["reason"], 0) + 1
+    first = skipped[0]
+    where = f"{first['row']} (id {first['id']!r})" if first["id"] else first["row"]
+    per_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items(), key=lambda item: -item[1]))
+    return f"{per_kind}; first: {where}: {first['reason']}"
 
 
 def _finish(rs: RetrievalSet) -> RetrievalSet:
     if not rs.texts or not rs.image_ids:
-        raise ValueError(f"{rs.name} {rs.split}: no usable images or texts were read ({len(rs.skipped)} rows skipped).")
+        what = f"{len(rs.skipped)} rows skipped: {skipped_summary(rs.skipped)}" if rs.skipped else "the files hold no rows"
+        raise ValueError(f"{rs.name} {rs.split}: no usable images or texts were read ({what}).")
     if rs.skipped:
-        logger.warning("%s %s: skipped %d row(s), first: %s", rs.name, rs.split, len(rs.skipped), rs.skipped[0])
+        logger.warning("%s %s: skipped %d row(s): %s", rs.name, rs.split, len(rs.skipped), skipped_summary(rs.skipped))
     return rs
 
 
@@ -101,10 +119,22 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
+_URL_SAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
+def decode_base64(data: bytes) -> bytes:
+    """Standard or URL-safe base64 (Chinese-CLIP writes URL-safe), padding optional -> bytes.
+
+    Raises binascii.Error for anything else (stray characters, impossible length).
+    """
+    data = data.strip().translate(_URL_SAFE_TO_STANDARD).rstrip(b"=")
+    return base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
+
+
 def _read_tsv_image(path: str, offset: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
-        return base64.b64decode(f.readline().split(b"\t", 1)[1].strip())
+        return decode_base64(f.readline().split(b"\t", 1)[1])
 
 
 def read_chinese_clip(folder: str | Path, split: str = "valid", name: str = "chinese-clip", strict: bool = False) -> RetrievalSet:
@@ -128,16 +158,16 @@ def read_chinese_clip(folder: str | Path, split: str = "valid", name: str = "chi
             where = f"{tsv.name} line {number}"
             parts = line.rstrip(b"\r\n").split(b"\t")
             if len(parts) != 2 or not parts[0].strip():
-                _skip(skipped, strict, where, "", "expected 'image_id<TAB>base64'")
+                _skip(skipped, strict, where, "", "expected 'image_id<TAB>base64'", "not an image row")
                 continue
             image_id = parts[0].decode("utf-8").strip()
             try:
-                base64.b64decode(parts[1].strip(), validate=True)
+                decode_base64(parts[1])
             except (binascii.Error, ValueError) as err:
-                _skip(skipped, strict, where, image_id, f"broken base64 ({err})")
+                _skip(skipped, strict, where, image_id, f"broken base64 ({err})", "broken base64")
                 continue
             if image_id in index:
-                _skip(skipped, strict, where, image_id, "repeated image id")
+                _skip(skipped, strict, where, image_id, "repeated image id", "repeated image id")
                 continue
             index[image_id] = len(image_ids)
             image_ids.append(image_id)
@@ -151,14 +181,15 @@ def read_chinese_clip(folder: str | Path, split: str = "valid", name: str = "chi
             row = json.loads(line)
             text_id, text, ids = str(row["text_id"]), str(row["text"]), [str(i) for i in row["image_ids"]]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            _skip(skipped, strict, where, "", f"not a JSON object with text_id, text, image_ids ({type(err).__name__}: {err})")
+            _skip(skipped, strict, where, "", f"not a JSON object with text_id, text, image_ids ({type(err).__name__}: {err})",
+                  "not a JSON text row")
             continue
         if not text.strip():
-            _skip(skipped, strict, where, text_id, "empty text")
+            _skip(skipped, strict, where, text_id, "empty text", "empty text")
             continue
         missing = [i for i in ids if i not in index]
         if missing:
-            _skip(skipped, strict, where, text_id, f"image ids {missing[:5]} are not in {tsv.name}")
+            _skip(skipped, strict, where, text_id, f"image ids {missing[:5]} are not in {tsv.name}", "images not in the image file")
         present = [index[i] for i in ids if i in index]
         if not present:
             continue
@@ -207,7 +238,7 @@ def read_hash_captions(
         where = f"{captions_file.name} line {number}"
         parts = line.strip().split(None, 1)
         if len(parts) != 2 or "#" not in parts[0]:
-            _skip(skipped, strict, where, "", "expected 'IMAGE#K<TAB>caption'")
+            _skip(skipped, strict, where, "", "expected 'IMAGE#K<TAB>caption'", "not a caption line")
             continue
         key_full, caption = parts
         key = key_full.split("#", 1)[0]
@@ -216,7 +247,7 @@ def read_hash_captions(
         if key not in index:
             path = _image_path(image_dir, key)
             if path is None:
-                _skip(skipped, strict, where, key_full, f"image {key} is not in {image_dir}")
+                _skip(skipped, strict, where, key_full, f"image {key} is not in {image_dir}", "image file missing")
                 continue
             index[key] = len(image_ids)
             image_ids.append(key)
@@ -252,17 +283,17 @@ def read_aic_icc(
             break
         where = f"{annotations_file.name} entry {number}"
         if not isinstance(row, dict) or "image_id" not in row or not isinstance(row.get("caption"), list):
-            _skip(skipped, strict, where, "", "expected {'image_id': ..., 'caption': [...]}")
+            _skip(skipped, strict, where, "", "expected {'image_id': ..., 'caption': [...]}", "not an annotation entry")
             continue
         path = _image_path(image_dir, str(row["image_id"]))
         if path is None:
-            _skip(skipped, strict, where, str(row["image_id"]), f"image is not in {image_dir}")
+            _skip(skipped, strict, where, str(row["image_id"]), f"image is not in {image_dir}", "image file missing")
             continue
         image_ids.append(str(row["image_id"]))
         loaders.append(partial(_read_file, str(path)))
         for k, caption in enumerate(row["caption"]):
             if not str(caption).strip():
-                _skip(skipped, strict, where, f"{row['image_id']}#{k}", "empty caption")
+                _skip(skipped, strict, where, f"{row['image_id']}#{k}", "empty caption", "empty caption")
                 continue
             text_ids.append(f"{row['image_id']}#{k}")
             texts.append(str(caption).strip())

@@ -38,6 +38,8 @@ class ModelSection:
 
     overrides: WukongConfig fields, dotted for sub-configs, e.g. {"similarity": "global",
     "text_config.hidden_dropout_prob": 0.0}.
+    lock_image_tower: LiT. The run freezes the image tower and trains the rest; this field is the
+    only place the lock is decided (a model's config.json does not carry it).
     """
 
     preset: str | None = None

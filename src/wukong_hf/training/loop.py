@@ -49,12 +49,15 @@ def _apply_model_overrides(config, overrides: dict):
 
 
 def load_model_for_training(section: ModelSection):
-    """(WukongModel in train mode, WukongProcessor) from a preset or a folder / Hub id, overrides applied."""
+    """(WukongModel in train mode, WukongProcessor) from a preset or a folder / Hub id, overrides applied.
+
+    Whether the image tower is locked is not the model's business: DualEncoderStep applies
+    section.lock_image_tower (LiT) for the run.
+    """
     from ..model_folders import load_model_and_processor, load_model_config
 
     config = _apply_model_overrides(load_model_config(section.name_or_path, section.preset), section.overrides)
     model, processor = load_model_and_processor(section.name_or_path, section.preset, config=config)
-    model.lock_image_tower(section.lock_image_tower)
     if section.gradient_checkpointing:
         text = model.text_model  # transformers 5 deprecates gradient_checkpointing_enable for activation_...
         (getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable)()
@@ -97,7 +100,7 @@ def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> f
     was_training = model.training
     model.eval()
     report = zero_shot_classification(model, processor, images, e.class_names, e.templates, batch_size=e.batch_size)
-    model.train(was_training)
+    model.train(was_training)  # the caller puts a locked tower back in eval mode (DualEncoderStep.train)
     return float((report["ensemble"] or report["single_prompt"])["top1"])
 
 
@@ -167,16 +170,26 @@ def _flat_hparams(config: TrainConfig) -> dict:
 
 
 def _write_validation_results(config: TrainConfig, accuracy: float, out: Path) -> str:
-    """validation_results.json with a "model_index" entry (the Hub card's format) for the final model."""
-    from ..evaluation.report import model_index_entry
+    """validation_results.json with the "model_index" entry of the final model's zero-shot top-1,
+    built by the same code as `wukong eval zero-shot` (evaluation.report.model_index_entries)."""
+    from ..evaluation.report import model_index_entries
 
     e = config.eval
-    name = e.dataset or "validation set"
-    label = f"top-1 accuracy ({len(e.templates)}-prompt {'ensemble' if len(e.templates) > 1 else 'single prompt'})"
-    entry = model_index_entry("zero-shot-image-classification", "Zero-shot image classification", name, e.split, label,
-                              accuracy, metric_type="accuracy")
+    similarity = json.loads((out / "final" / "config.json").read_text(encoding="utf-8"))["similarity"]
+    # The setting zero_shot_accuracy measured: its templates, with zero_shot_classification's default ensemble.
+    result = {
+        "task": "zero-shot-classification",
+        "dataset": Path(str(e.dataset).rstrip("/")).name if e.dataset else "validation set",
+        "dataset_source": e.dataset,
+        "dataset_config": e.name,
+        "split": e.split,
+        "num_templates": len(e.templates),
+        "ensemble_method": "embedding" if similarity == "global" else "similarity",
+        # zero_shot_classification measures a bare class name as its single prompt, templates as an ensemble
+        "single_prompt" if e.templates == ["{c}"] else "ensemble": {"top1": accuracy},
+    }
     path = out / "validation_results.json"
-    path.write_text(json.dumps({"model_index": [entry]}, indent=1, ensure_ascii=False), encoding="utf-8")
+    path.write_text(json.dumps({"model_index": model_index_entries(result)}, indent=1, ensure_ascii=False), encoding="utf-8")
     return str(path)
 
 
@@ -233,14 +246,14 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         total_steps = lp.max_steps
 
     # ----- optimiser, schedule, resume ---------------------------------------------------------
-    step_module = DualEncoderStep(model)
+    step_module = DualEncoderStep(model, lock_image_tower=locked)
     optimizer = build_optimizer(model, config.optim)
     scheduler = build_scheduler(optimizer, config.optim.warmup_steps, total_steps)
     # The scheduler stays unprepared: Accelerate would step it once per process.
     step_module, optimizer = accelerator.prepare(step_module, optimizer)
     from ..losses import ContrastiveLoss
 
-    loss_fn = ContrastiveLoss(similarity=model.config.similarity, layout="lit" if locked else "local")
+    loss_fn = ContrastiveLoss(model.similarity_rule, layout="lit" if locked else "local")
 
     progress = TrainingProgress()
     resume_from = find_checkpoint(out, config.checkpoint.resume)
@@ -312,7 +325,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
                 "step": progress.step,
                 "loss": float(accelerator.reduce(loss, reduction="mean")),
                 "lr": scheduler.get_last_lr()[0],
-                "temperature": float(1.0 / model.temperature_scale.detach()),
+                "temperature": float(1.0 / model.inverse_temperature.detach()),
                 "samples_per_s": global_batch * lp.log_every / max(elapsed, 1e-9),
             }
             started = time.perf_counter()
@@ -324,6 +337,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
                     progress.best_accuracy = accuracy
                     _export(model, processor, best_dir)
                 accelerator.wait_for_everyone()
+                step_module.train()  # evaluation left the model in train mode, a locked tower included
                 started = time.perf_counter()
             progress.history.append(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=progress.step)

@@ -1,11 +1,16 @@
 """One optimisation step over the global batch, with gradient accumulation that keeps every
-micro-batch in the negative set (GradCache, Gao et al. 2021).
+micro-batch in the negative set (GradCache, Gao et al. 2021), and LiT as a training decision.
 
-Pass 1 computes the features of all micro-batches without gradients (remembering the RNG state
-and, for a locked image tower, the tower's outputs); the loss over the whole accumulated batch
-gives the gradients of those features; pass 2 re-forwards each micro-batch with gradients and
-back-propagates the cached feature gradients. A locked image tower is never re-run: its outputs
-are replayed, so only the trainable head (projection, token reduction) runs again.
+LiT (the paper's locked-image text tuning) is decided here, by the training run, not by the
+model: `DualEncoderStep(model, lock_image_tower=True)` freezes the image tower's parameters, keeps
+it in eval mode whenever the step is in train mode, and runs it under no_grad; the image head
+(projection, token reduction), the text tower and the temperature train.
+
+Accumulation: pass 1 computes the features of all micro-batches without gradients (remembering
+the RNG state and, for a locked tower, the tower's outputs); the loss over the whole accumulated
+batch gives the gradients of those features; pass 2 re-forwards each micro-batch with gradients
+and back-propagates the cached feature gradients. A locked tower is never re-run: pass 2 hands
+its pass-1 output straight to `model.image_head`.
 """
 
 import contextlib
@@ -14,100 +19,93 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ..modeling_wukong import WukongImageFeatures, WukongModel, WukongTextFeatures
+from ..features import WukongImageFeatures, WukongTextFeatures
+from ..modeling_wukong import WukongImageTowerOutput, WukongModel
 
-__all__ = ["DualEncoderStep", "TowerOutputCache", "train_step", "global_batch_loss", "replayed_tower", "captured_tower"]
-
-
-@contextlib.contextmanager
-def replayed_tower(vision_model: nn.Module, output) -> Iterator[None]:
-    """Make `vision_model(...)` return `output` instead of running (None: run normally)."""
-    if output is None:
-        yield
-        return
-    vision_model.forward = lambda *args, **kwargs: output  # instance attribute shadows the class forward
-    try:
-        yield
-    finally:
-        del vision_model.forward
+__all__ = ["DualEncoderStep", "TowerOutputCache", "train_step", "global_batch_loss", "freeze_image_tower"]
 
 
-@contextlib.contextmanager
-def captured_tower(vision_model: nn.Module, sink: list) -> Iterator[None]:
-    """Append the tower's raw output (a ModelOutput) to `sink` while active."""
-    handle = vision_model.register_forward_hook(lambda module, args, output: sink.append(output))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def _without_tower_outputs(features):
-    # Drop the raw tower outputs: they hold every hidden state and are never needed by the loss.
-    return type(features)(embeds=features.embeds, token_embeds=features.token_embeds, token_mask=features.token_mask)
+def freeze_image_tower(model: WukongModel) -> WukongModel:
+    """Freeze the image tower's parameters (LiT). The image head and everything else stay trainable."""
+    for param in model.vision_model.parameters():
+        param.requires_grad_(False)
+    return model
 
 
 class DualEncoderStep(nn.Module):
     """WukongModel behind one forward, so DDP/FSDP see every trainable parameter used in one call.
 
     forward(pixel_values (B,3,S,S), input_ids (B,L), attention_mask (B,L), tower_output=None) ->
-    (WukongImageFeatures, WukongTextFeatures, temperature scale (), captured tower output or None).
+    (WukongImageFeatures, WukongTextFeatures, inverse temperature (), the image tower's output).
+    tower_output: a cached WukongImageTowerOutput of a locked tower; the tower is not run then.
     """
 
-    def __init__(self, model: WukongModel):
+    def __init__(self, model: WukongModel, lock_image_tower: bool = False):
         super().__init__()
         self.model = model
+        self.image_tower_locked = lock_image_tower
+        if lock_image_tower:
+            freeze_image_tower(model)
+        self.train(model.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_tower_locked:  # a locked tower always runs as at inference (BatchNorm, dropout)
+            self.model.vision_model.eval()
+        return self
 
     def forward(self, pixel_values, input_ids, attention_mask, tower_output=None):
-        captured: list = []
-        vision = self.model.vision_model
-        with replayed_tower(vision, tower_output), captured_tower(vision, captured):
-            image = self.model.encode_image(pixel_values)
-        text = self.model.encode_text(input_ids, attention_mask)
-        tower = tower_output if tower_output is not None else (captured[0] if captured else None)
-        return _without_tower_outputs(image), _without_tower_outputs(text), self.model.temperature_scale, tower
+        model = self.model
+        if tower_output is None:
+            with torch.no_grad() if self.image_tower_locked else contextlib.nullcontext():
+                tower_output = model.image_tower(pixel_values)
+        image = model.image_head(tower_output)
+        text = model.encode_text(input_ids, attention_mask)
+        kept = _detached_tower(tower_output) if self.image_tower_locked else None
+        return image, text, model.inverse_temperature, kept
+
+
+def _detached_tower(tower: WukongImageTowerOutput) -> WukongImageTowerOutput:
+    # What a cache keeps of a locked tower's output: the tensors the head reads, nothing else.
+    return WukongImageTowerOutput(tokens=tower.tokens.detach(), pooled=tower.pooled.detach(),
+                                  num_prefix_tokens=tower.num_prefix_tokens, grid=tower.grid)
 
 
 class TowerOutputCache:
     """Locked-tower outputs per dataset index, for runs without augmentation (features never change)."""
 
     def __init__(self):
-        self._rows: dict[int, dict[str, torch.Tensor]] = {}
-        self._type = None
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._layout: tuple[int, tuple[int, int] | None] | None = None
 
-    def lookup(self, indices: list[int]):
+    def lookup(self, indices: list[int]) -> WukongImageTowerOutput | None:
         """The stacked tower output for `indices`, or None unless every index is cached."""
-        if self._type is None or not all(i in self._rows for i in indices):
+        if self._layout is None or not all(i in self._rows for i in indices):
             return None
-        keys = self._rows[indices[0]].keys()
-        return self._type(**{k: torch.stack([self._rows[i][k] for i in indices]) for k in keys})
+        tokens, pooled = (torch.stack(parts) for parts in zip(*(self._rows[i] for i in indices)))
+        return WukongImageTowerOutput(tokens=tokens, pooled=pooled, num_prefix_tokens=self._layout[0], grid=self._layout[1])
 
-    def store(self, indices: list[int], output) -> None:
-        self._type = type(output)
+    def store(self, indices: list[int], output: WukongImageTowerOutput) -> None:
+        self._layout = (output.num_prefix_tokens, output.grid)
         for row, index in enumerate(indices):
-            self._rows[index] = {k: v[row].detach() for k, v in output.items() if torch.is_tensor(v)}
+            self._rows[index] = (output.tokens[row].detach(), output.pooled[row].detach())
 
     def __len__(self) -> int:
         return len(self._rows)
 
 
 def global_batch_loss(
-    loss_fn: nn.Module, image: WukongImageFeatures, text: WukongTextFeatures, scale: torch.Tensor, accelerator
+    loss_fn: nn.Module, image: WukongImageFeatures, text: WukongTextFeatures, inverse_temperature: torch.Tensor,
+    accelerator,
 ) -> torch.Tensor:
     """The loss engine's contrastive loss over the global batch (negatives from every process)."""
-    return loss_fn(image, text, scale, accelerator=accelerator if accelerator.num_processes > 1 else None)
-
-
-def _concat(features: list, cls):
-    return cls(**{name: torch.cat([getattr(f, name) for f in features]) for name in ("embeds", "token_embeds", "token_mask")})
+    return loss_fn(image, text, inverse_temperature, accelerator=accelerator if accelerator.num_processes > 1 else None)
 
 
 def _as_leaves(features):
     # Detached copies that collect the loss gradient (GradCache's "representation gradient").
-    return type(features)(
-        embeds=features.embeds.detach().requires_grad_(),
-        token_embeds=features.token_embeds.detach().requires_grad_(),
-        token_mask=features.token_mask,
+    return features.map_rows(
+        lambda name, value: value.detach().requires_grad_() if value.is_floating_point() else value
     )
 
 
@@ -140,8 +138,9 @@ def train_step(
 
     micro_batches: k dicts with pixel_values (b,3,S,S), input_ids (b,L), attention_mask (b,L) and
     optionally tower_output (cached locked-tower output). replay_image_tower: the image tower is
-    locked, so pass 2 replays its pass-1 outputs. Returns (loss over the k*b local pairs and all
-    processes' negatives, detached; the tower outputs of pass 1 per micro-batch).
+    locked, so pass 2 hands its pass-1 outputs to the image head. Returns (loss over the k*b local
+    pairs and all processes' negatives, detached; the locked tower's pass-1 outputs per micro-batch,
+    None entries for a trainable tower).
     """
     inputs = [{k: mb[k] for k in ("pixel_values", "input_ids", "attention_mask")} | {"tower_output": mb.get("tower_output")}
               for mb in micro_batches]
@@ -163,7 +162,7 @@ def train_step(
     text_leaves = [_as_leaves(f) for f in texts]
     scale_leaf = scale.detach().requires_grad_()
     loss = global_batch_loss(
-        loss_fn, _concat(image_leaves, WukongImageFeatures), _concat(text_leaves, WukongTextFeatures), scale_leaf,
+        loss_fn, WukongImageFeatures.concat(image_leaves), WukongTextFeatures.concat(text_leaves), scale_leaf,
         accelerator,
     )
     accelerator.backward(loss)
