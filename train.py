@@ -35,22 +35,16 @@ latest complete checkpoint in loop.output_dir. The same run is `wukong train CON
 
 import sys
 
-from wukong_hf.training import CheckpointError, TrainConfigError
+from wukong_hf.cli import CommandParser, run_command
 from wukong_hf.training.commands import run_training_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Train a Wukong model (see the module docstring for launch commands).")
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-    try:
-        return run_training_command(args)
-    except (TrainConfigError, CheckpointError, FileNotFoundError) as err:  # bad input: the message, no traceback
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
+    parser = CommandParser(prog="train.py", description="Train a Wukong model (see the module docstring for launch commands).")
+    parser.add_argument("config", help="YAML training config, e.g. configs/tiny-cpu.yaml")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-3 loop.max_steps=100")
+    # The `wukong` command's error handler: bad input ends in one line and status 2 (--debug: traceback).
+    return run_command(run_training_command, parser.parse_args(argv), "train.py")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from wukong_hf import WukongModel, WukongProcessor, preset_config
-from wukong_hf.commands_core import score_captions
+from wukong_hf.caption_scoring import score_captions
 
 
 def draw(shape: str, colour: str, background: str) -> Image.Image:

@@ -121,3 +121,73 @@ def test_zero_shot_pipeline_with_chinese_labels(tmp_path, preset):
     expected = dict(zip(labels, logits.softmax(-1)[0].tolist()))
     for r in result:
         assert r["score"] == pytest.approx(expected[r["label"]], abs=1e-5)
+
+
+# Runs where wukong_hf cannot be imported at all: a meta-path finder refuses it before any other finder
+# (the editable install's included), so the saved folder's copied code files are the only source.
+_PIPELINE_WITHOUT_PACKAGE = r"""
+import json, sys
+
+class RefuseWukongHf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "wukong_hf" or name.startswith("wukong_hf."):
+            raise ImportError(f"{name} is blocked: only the saved folder's code may run")
+        return None
+
+sys.meta_path.insert(0, RefuseWukongHf())
+try:
+    import wukong_hf
+except ImportError:
+    pass
+else:
+    raise SystemExit("the blocker failed: wukong_hf imported")
+
+from PIL import Image
+from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, pipeline
+
+folder, image_path = sys.argv[1], sys.argv[2]
+classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
+result = classifier(Image.open(image_path), candidate_labels=["猫", "狗", "飞机"], hypothesis_template="{}的照片。")
+classes = {
+    "model": type(classifier.model).__module__ + "." + type(classifier.model).__name__,
+    "processor": type(AutoProcessor.from_pretrained(folder, trust_remote_code=True)).__module__,
+    "tokenizer": type(AutoTokenizer.from_pretrained(folder, trust_remote_code=True)).__name__,
+    "image_processor": type(AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)).__name__,
+    "image_processor_module": type(AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)).__module__,
+}
+print(json.dumps({"result": result, "classes": classes, "wukong_hf_loaded": any(m.startswith("wukong_hf") for m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("preset", ["tiny-token-wise", "tiny-global"])
+def test_zero_shot_pipeline_runs_from_remote_code_where_wukong_hf_cannot_be_imported(tmp_path, preset):
+    from PIL import Image
+
+    from wukong_hf.model_folders import save_model_folder
+
+    model, processor = make_tiny(preset)
+    folder = save_model_folder(tmp_path / "model", model, processor)
+    image_path = tmp_path / "image.png"
+    random_images(1)[0].save(image_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    run = subprocess.run([sys.executable, "-c", _PIPELINE_WITHOUT_PACKAGE, str(folder), str(image_path)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not out["wukong_hf_loaded"]
+    assert out["classes"]["model"].startswith("transformers_modules.") and out["classes"]["model"].endswith(".WukongModel")
+    assert out["classes"]["processor"].startswith("transformers_modules.")
+    assert out["classes"]["image_processor_module"].startswith("transformers_modules.")
+    assert out["classes"]["tokenizer"] == "BertTokenizer" and out["classes"]["image_processor"] == "WukongImageProcessor"
+    # The remote-code pipeline's scores are the package model's softmax over the filled-in templates.
+    labels = ["猫", "狗", "飞机"]
+    with torch.no_grad():
+        logits = model(**processor(text=[f"{l}的照片。" for l in labels], images=[Image.open(image_path)])).logits_per_image
+    expected = dict(zip(labels, logits.softmax(-1)[0].tolist()))
+    assert sorted(r["label"] for r in out["result"]) == sorted(labels)
+    for r in out["result"]:
+        assert r["score"] == pytest.approx(expected[r["label"]], abs=1e-5)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForZeroShotImageClassification"] == "modeling_wukong.WukongModel"
+    assert config["auto_map"]["AutoModel"] == "modeling_wukong.WukongModel"

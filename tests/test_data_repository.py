@@ -218,7 +218,7 @@ def test_cli_prepare_every_shard_failed_says_why_in_one_line(image_server, tmp_p
     _download(image_server, tmp_path / "shards", ["missing"])
     assert main(["data", "prepare", "--out", str(tmp_path / "repo"), "--shards", str(tmp_path / "shards")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("wukong data: error: no image in the 1 shard(s) of") and "0 of 3 URLs kept; http_error 3" in err
+    assert err.startswith("wukong data prepare: error: no image in the 1 shard(s) of") and "0 of 3 URLs kept; http_error 3" in err
     assert "rerun `wukong data download`" in err
 
 

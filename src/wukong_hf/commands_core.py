@@ -1,20 +1,10 @@
-"""`wukong presets` and `wukong score`: list the bundled configurations, score captions against images."""
+"""`wukong presets` and `wukong score`: parse arguments, call the library (presets, model_folders, caption_scoring)."""
 
 from __future__ import annotations
 
 import json
 
-__all__ = ["register", "score_captions"]
-
-
-def score_captions(model, processor, images, captions: list[str]) -> list[list[float]]:
-    """Softmax over captions for each image: probabilities (images x captions) as nested lists."""
-    import torch
-
-    inputs = processor(text=captions, images=images)
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.logits_per_image.softmax(dim=-1).tolist()
+__all__ = ["register"]
 
 
 def _cmd_presets(args) -> int:
@@ -26,19 +16,11 @@ def _cmd_presets(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from PIL import Image
-    from transformers import AutoModel, AutoProcessor
+    from .caption_scoring import open_image_files, score_captions
+    from .model_folders import load_model_and_processor
 
-    from . import WukongModel, WukongProcessor, preset_config
-
-    if args.model:
-        model = AutoModel.from_pretrained(args.model).eval()
-        processor = AutoProcessor.from_pretrained(args.model)
-    else:
-        config = preset_config(args.preset)
-        model = WukongModel(config).eval()
-        processor = WukongProcessor.from_config(config)
-    images = [Image.open(path) for path in args.images]
+    images = open_image_files(args.images)  # before the model: a bad image fails fast
+    model, processor = load_model_and_processor(args.model, args.preset)
     probs = score_captions(model, processor, images, args.captions)
     result = {path: dict(zip(args.captions, row)) for path, row in zip(args.images, probs)}
     print(json.dumps(result, ensure_ascii=False, indent=2))

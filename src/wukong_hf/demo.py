@@ -329,8 +329,8 @@ def visualize_alignment(model_name_or_path: str, image_path: str, label: str, ou
     Returns (path of the PNG written, WordPatchAlignment). The PNG has the image's size times `scale`.
     """
     from PIL import Image, UnidentifiedImageError
-    from transformers import AutoModel, AutoProcessor
 
+    from .model_folders import load_model_and_processor
     from .visualize import _check_token_wise, draw_alignment, word_patch_alignment
 
     path = Path(image_path)
@@ -341,9 +341,8 @@ def visualize_alignment(model_name_or_path: str, image_path: str, label: str, ou
         image.load()
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"Cannot read {path} as an image ({err}); give a PNG or JPEG file.") from err
-    model = AutoModel.from_pretrained(model_name_or_path).eval()
+    model, processor = load_model_and_processor(model_name_or_path)
     _check_token_wise(model)
-    processor = AutoProcessor.from_pretrained(model_name_or_path)
     alignment = word_patch_alignment(model, processor, image, label)
     target = Path(out) if out else path.with_name(f"{path.stem}-alignment.png")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ card locally as a dry run).
 from __future__ import annotations
 
 import json
-import shutil
 from importlib import resources
 import tempfile
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
-from .modeling_wukong import WukongModel
-from .processing_wukong import WukongProcessor
+from .model_folders import load_model_and_processor, save_model_folder
 
 __all__ = [
     "REPORTED_IMAGENET_CN",
@@ -234,13 +232,11 @@ def export_model_folder(
         repo_id or out_dir.name, variant, results_files,
         license=license, base_model=base_model, template_dir=template_dir,
     )
-    model = WukongModel.from_pretrained(model_dir)
-    processor = WukongProcessor.from_pretrained(model_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    card.save(out_dir / "README.md")
+    model, processor = load_model_and_processor(model_dir)
+    reports = {"README.md": str(card)}
     if info:
-        shutil.copy(model_dir / "conversion_report.json", out_dir / "conversion_report.json")
+        reports["conversion_report.json"] = (model_dir / "conversion_report.json").read_text(encoding="utf-8")
+    save_model_folder(out_dir, model, processor, reports)
     return out_dir
 
 
@@ -266,10 +262,14 @@ def push_model(
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_model_folder(model_dir, Path(tmp) / "export", results_files, repo_id=repo_id, **card_options)
         api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(
-            folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload Wukong model (wukong-hf)"
-        )
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                folder_path=str(folder), repo_id=repo_id, repo_type="model", commit_message="Upload Wukong model (wukong-hf)"
+            )
+        except Exception as err:
+            err.add_note(f"upload to the Hub repository {repo_id}")  # the command line's one-line message names it
+            raise
     return str(getattr(commit, "commit_url", commit))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..cli import add_output_argument
+
 __all__ = ["register"]
 
 
@@ -63,7 +65,7 @@ def register(subparsers) -> None:
     layout = p.add_mutually_exclusive_group(required=True)
     layout.add_argument("--variant", help="preset name, e.g. wukong-vit-b-32 (see `wukong presets`)")
     layout.add_argument("--config", help="a WukongConfig JSON file or a saved model folder, for layouts not bundled")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.add_argument("--vocab", help="vocab.txt (default: beside the checkpoint, else the bundled BERT-Chinese one)")
     p.add_argument("--scoring-rule", choices=("official", "paper", "config"), default="official",
                    help="score as the released evaluation code (official), as the paper, or as the config says")
@@ -79,14 +81,14 @@ def register(subparsers) -> None:
 
     p = kinds.add_parser("chinese-clip", help="a transformers ChineseCLIPModel (folder or Hub id) -> global Wukong model")
     p.add_argument("--model", required=True, help="folder or Hub id, e.g. OFA-Sys/chinese-clip-vit-base-patch16")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.set_defaults(func=_cmd_chinese_clip)
 
     p = kinds.add_parser("image-tower", help="new model of a preset with a pretrained image tower: the start of LiT "
                          "(the training run locks the tower)")
     p.add_argument("--preset", required=True, help="preset whose image tower is a timm architecture")
     p.add_argument("--weights", required=True, help="OpenAI-CLIP or timm weights: file, folder or Hub id")
-    p.add_argument("--out", required=True, help="output folder")
+    add_output_argument(p, required=True, help="folder for the converted model (safetensors, config, processor, conversion_report.json)")
     p.add_argument("--revision", help="Hub revision when --weights is a Hub id")
     p.set_defaults(func=_cmd_image_tower)
 
@@ -97,7 +99,7 @@ def register(subparsers) -> None:
     p.add_argument("--dry-run", metavar="OUT", help="only write the folder that would be uploaded to OUT")
     p.add_argument("--results", nargs="*", default=[], help="evaluation result JSON files (model_index entries)")
     p.add_argument("--variant", help="released variant for the card template and reported numbers")
-    p.add_argument("--license", default="apache-2.0", help="licence id for the card (default apache-2.0)")
+    p.add_argument("--license", default="apache-2.0", help="licence id for the card")
     p.add_argument("--base-model", help="Hub id of the model this one derives from")
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
     p.set_defaults(func=_cmd_push)

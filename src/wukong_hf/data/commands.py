@@ -6,25 +6,9 @@ import glob
 import json
 import os
 
-__all__ = ["register", "collect_reports"]
+from ..cli import add_output_argument
 
-REPORT_FILES = ("read_report.json", "filter_report.json", "download_report.json", "count_report.json")
-
-
-def collect_reports(folders: list[str]) -> dict:
-    """{folder/report file: report dict} for every known report JSON found in the folders."""
-    found = {}
-    for folder in folders:
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{folder!r} is not a folder; pass output folders of `wukong data` steps")
-        for name in REPORT_FILES:
-            path = os.path.join(folder, name)
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    found[path] = json.load(fh)
-    if not found:
-        raise FileNotFoundError(f"no report files ({', '.join(REPORT_FILES)}) in {folders}")
-    return found
+__all__ = ["register"]
 
 
 def _print(obj) -> None:
@@ -97,14 +81,22 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_push(args) -> int:
+    from huggingface_hub.errors import HTTPError, OfflineModeIsEnabled
+
     from .repository import push_dataset_repo
 
-    files = push_dataset_repo(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run, token=args.token)
+    try:
+        files = push_dataset_repo(args.folder, args.repo_id, private=not args.public, dry_run=args.dry_run, token=args.token)
+    except (HTTPError, OfflineModeIsEnabled) as err:  # the one-line message then names the repository
+        err.add_note(f"upload to the Hub dataset repository {args.repo_id}")
+        raise
     print("\n".join(files))
     return 0
 
 
 def _cmd_report(args) -> int:
+    from .step_reports import collect_reports
+
     _print(collect_reports(args.folders))
     return 0
 
@@ -115,23 +107,23 @@ def register(subparsers) -> None:
 
     p = steps.add_parser("read", help="release CSVs/Parquet -> Parquet table + read_report.json (broken rows counted)")
     p.add_argument("release", nargs="+", help="wukong_100m_*.csv / mirror .parquet files, their folder, or a glob")
-    p.add_argument("--out", required=True)
-    p.add_argument("--rows-per-file", type=int, default=1_000_000)
+    add_output_argument(p, required=True, help="folder for the Parquet table and read_report.json")
+    p.add_argument("--rows-per-file", type=int, default=1_000_000, help="rows per Parquet file")
     p.set_defaults(func=_cmd_read)
 
     p = steps.add_parser("count-captions", help="corpus-wide caption counts: run per worker, then once with --merge")
     p.add_argument("table", nargs="*", help="release or table files (this worker takes every num-workers-th file)")
-    p.add_argument("--out", required=True, help="counts folder shared by all workers")
-    p.add_argument("--worker", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=1)
-    p.add_argument("--partitions", type=int, default=64)
+    add_output_argument(p, required=True, help="counts folder shared by all workers")
+    p.add_argument("--worker", type=int, default=0, help="this worker's index, 0 .. num-workers - 1")
+    p.add_argument("--num-workers", type=int, default=1, help="how many workers share the files")
+    p.add_argument("--partitions", type=int, default=64, help="hash partitions of the counts (same for every worker)")
     p.add_argument("--merge", action="store_true", help="merge all workers' counts into frequent_hashes.npy")
     p.add_argument("--max-occurrences", type=int, default=10, help="with --merge: captions seen more often are frequent")
     p.set_defaults(func=_cmd_count)
 
     p = steps.add_parser("filter", help="the paper's caption filters -> Parquet table + filter_report.json")
-    p.add_argument("table", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("table", nargs="+", help="Parquet tables from `wukong data read`")
+    add_output_argument(p, required=True, help="folder for the filtered Parquet table and filter_report.json")
     p.add_argument("--counts", help="folder from `count-captions --merge` (needed unless --no-frequent)")
     p.add_argument("--keep-meaningless", action="store_true", help="switch off the meaningless-caption filter")
     p.add_argument("--no-word-count", action="store_true", help="switch off the 1..31 jieba words filter")
@@ -144,31 +136,31 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_filter)
 
     p = steps.add_parser("download", help="URL table -> WebDataset shards with the paper's image filter (resumable)")
-    p.add_argument("table", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--shard-size", type=int, default=10_000)
-    p.add_argument("--processes", type=int, default=os.cpu_count() or 1)
+    p.add_argument("table", nargs="+", help="URL tables (release CSVs or Parquet from read/filter)")
+    add_output_argument(p, required=True, help="folder for the WebDataset shards and download_report.json")
+    p.add_argument("--shard-size", type=int, default=10_000, help="images per .tar shard")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="download processes (default: the CPU count)")
     p.add_argument("--threads", type=int, default=32, help="concurrent requests per process")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per image, body included")
-    p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024)
+    p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024, help="largest image body accepted, in bytes")
     p.add_argument("--image-size", type=int, default=256, help="shorter side after resize")
     p.set_defaults(func=_cmd_download)
 
     p = steps.add_parser("prepare", help="dataset repository folder (card + configs) for load_dataset")
-    p.add_argument("--out", required=True)
+    add_output_argument(p, required=True, help="dataset repository folder (card, configs, data files)")
     p.add_argument("--pairs", nargs="*", help="Parquet files or folders from `wukong data filter`")
     p.add_argument("--shards", help="folder from `wukong data download`")
     p.add_argument("--card-template", help="default: dataset_scripts/wukong/README.md")
     p.set_defaults(func=_cmd_prepare)
 
     p = steps.add_parser("push", help="upload a prepared folder to a PRIVATE Hub dataset repo (licence warning shown)")
-    p.add_argument("folder")
-    p.add_argument("--repo-id", required=True)
+    p.add_argument("folder", help="folder from `wukong data prepare`")
+    p.add_argument("--repo-id", required=True, help="org/name of the dataset repository")
     p.add_argument("--public", action="store_true", help="make the repo public (the Wukong terms forbid redistribution)")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--token")
+    p.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    p.add_argument("--token", help="Hub token (default: the logged-in one)")
     p.set_defaults(func=_cmd_push)
 
     p = steps.add_parser("report", help="print the reports of earlier steps")
-    p.add_argument("folders", nargs="+")
+    p.add_argument("folders", nargs="+", help="output folders of earlier `wukong data` steps")
     p.set_defaults(func=_cmd_report)

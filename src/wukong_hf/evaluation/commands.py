@@ -6,19 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["register", "load_model_and_processor"]
+from ..cli import add_output_argument
+from ..model_folders import load_model_and_processor  # the one loader: model folder, Hub id or preset
 
-
-def load_model_and_processor(model: str | None, preset: str):
-    """A saved model folder / Hub id, or a randomly initialised preset (for smoke runs)."""
-    from transformers import AutoModel, AutoProcessor
-
-    from .. import WukongModel, WukongProcessor, preset_config
-
-    if model:
-        return AutoModel.from_pretrained(model).eval(), AutoProcessor.from_pretrained(model)
-    config = preset_config(preset)
-    return WukongModel(config).eval(), WukongProcessor.from_config(config)
+__all__ = ["register"]
 
 
 def _check_outputs(args, task: str) -> None:
@@ -58,7 +49,7 @@ def _finish(result: dict, args, config: dict) -> int:
 
     result["model"] = args.model or f"{args.preset} (random init)"
     result["config"] = config
-    paths = write_report(result, args.output, formats=args.results_format or ())
+    paths = write_report(result, args.out, formats=args.results_format or ())
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(json.dumps({k: str(v) for k, v in paths.items()}, ensure_ascii=False))
     if args.push_results:
@@ -157,7 +148,7 @@ def _cmd_make_dataset(args) -> int:
     from .retrieval_sets import write_retrieval_dataset
 
     dataset = _read_set(args)
-    folder = write_retrieval_dataset(dataset, args.output)
+    folder = write_retrieval_dataset(dataset, args.out)
     print(f"wrote {len(dataset.image_ids)} images, {len(dataset.texts)} texts, {len(dataset.skipped)} skipped rows to {folder}")
     return 0
 
@@ -166,7 +157,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--model", help="model folder or Hub id (default: a randomly initialised --preset, for smoke runs)")
     p.add_argument("--preset", default="tiny-token-wise", help="preset name when --model is not given")
     p.add_argument("--batch-size", type=int, default=64, help="images per tower batch")
-    p.add_argument("--output", required=True, help="folder for results.json (config, metrics, model_index) and results.md")
+    add_output_argument(p, required=True, help="folder for results.json (config, metrics, model_index) and results.md")
     p.add_argument("--results-format", nargs="+", choices=("clip_benchmark", "chinese-clip"), metavar="FORMAT",
                    help="also write the results in these tools' schemas: clip_benchmark (clip_benchmark.json), "
                         "chinese-clip (retrieval: chinese-clip/<direction>.json)")
@@ -198,8 +189,8 @@ def register(subparsers) -> None:
     source.add_argument("--dataset", help="datasets folder or Hub id with image and label columns")
     z.add_argument("--imagenet-labels", help="lines 'FILENAME LABEL_INDEX' (0-based, standard ImageNet order)")
     z.add_argument("--split", default="test", help="split of --dataset; for --image-folder, the split name reported (--imagenet-val: validation)")
-    z.add_argument("--image-column", default="image")
-    z.add_argument("--label-column", default="label")
+    z.add_argument("--image-column", default="image", help="--dataset: column of the images")
+    z.add_argument("--label-column", default="label", help="--dataset: column of the integer labels")
     z.add_argument("--classnames", help="'imagenet1k' or a file with one Chinese class name per line, in label order")
     z.add_argument("--templates", default="imagenet1k", help="'imagenet1k' (80 Chinese templates), 'none', or a file with {c} slots")
     z.add_argument("--ensemble", choices=("embedding", "similarity", "probability"), help="default: embedding (global), similarity (token-wise)")
@@ -221,5 +212,5 @@ def register(subparsers) -> None:
 
     m = sub.add_parser("make-dataset", help="convert a retrieval set into a dataset repository folder (Parquet + card)")
     _add_set_args(m)
-    m.add_argument("--output", required=True, help="output folder (load it with datasets.load_dataset(folder))")
+    add_output_argument(m, required=True, help="output folder (load it with datasets.load_dataset(folder))")
     m.set_defaults(func=_cmd_make_dataset)

@@ -54,20 +54,10 @@ def load_model_for_training(section: ModelSection):
     Whether the image tower is locked is not the model's business: DualEncoderStep applies
     section.lock_image_tower (LiT) for the run.
     """
-    from transformers import AutoConfig, AutoProcessor
+    from ..model_folders import load_model_and_processor, load_model_config
 
-    from ..modeling_wukong import WukongModel
-    from ..presets import preset_config
-    from ..processing_wukong import WukongProcessor
-
-    if section.preset is not None:
-        config = _apply_model_overrides(preset_config(section.preset), section.overrides)
-        model = WukongModel(config)
-        processor = WukongProcessor.from_config(config)
-    else:
-        config = _apply_model_overrides(AutoConfig.from_pretrained(section.name_or_path), section.overrides)
-        model = WukongModel.from_pretrained(section.name_or_path, config=config)
-        processor = AutoProcessor.from_pretrained(section.name_or_path)
+    config = _apply_model_overrides(load_model_config(section.name_or_path, section.preset), section.overrides)
+    model, processor = load_model_and_processor(section.name_or_path, section.preset, config=config)
     if section.gradient_checkpointing:
         text = model.text_model  # transformers 5 deprecates gradient_checkpointing_enable for activation_...
         (getattr(text, "activation_checkpointing_enable", None) or text.gradient_checkpointing_enable)()
