@@ -10,12 +10,14 @@ from conftest import make_tiny, random_images
 from transformers import ChineseCLIPConfig
 
 from wukong_hf import WukongModel, WukongProcessor, preset_config
-from wukong_hf.model_folders import (
-    REMOTE_CODE_AUTO_MAP,
-    load_model_and_processor,
-    load_model_config,
-    save_model_folder,
-)
+from wukong_hf.model_folders import load_model_and_processor, load_model_config, save_model_folder
+
+# Every Auto class a saved folder answers to where wukong_hf is not installed (trust_remote_code=True).
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_wukong.WukongConfig",
+    "AutoModel": "modeling_wukong.WukongModel",
+    "AutoModelForZeroShotImageClassification": "modeling_wukong.WukongModel",
+}
 
 CAPTIONS = ["红色圆形", "蓝色方形"]
 
@@ -104,10 +106,11 @@ def test_push_dry_run_export_goes_through_the_exporter(tmp_path):
 
     model, processor = make_tiny("tiny-global")
     save_model_folder(tmp_path / "m", model, processor)
-    # A folder saved by plain save_pretrained has only AutoConfig/AutoModel; the export has them all.
+    # A folder saved by plain save_pretrained (training, conversion) answers to all three as well.
     (tmp_path / "plain").mkdir()
     model.save_pretrained(tmp_path / "plain")
     processor.save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["auto_map"] == REMOTE_CODE_AUTO_MAP
     out = push_model(tmp_path / "plain", "org/tiny", dry_run_dir=tmp_path / "export")
     assert json.loads((tmp_path / "export" / "config.json").read_text())["auto_map"] == REMOTE_CODE_AUTO_MAP
     assert out == str(tmp_path / "export") and (tmp_path / "export" / "README.md").is_file()

@@ -15,15 +15,7 @@ from pathlib import Path
 
 from .configuration_wukong import WukongConfig
 
-__all__ = ["REMOTE_CODE_AUTO_MAP", "load_model_config", "load_model_and_processor", "save_model_folder"]
-
-# Every Auto class a saved folder answers to where wukong_hf is not installed (trust_remote_code=True).
-# register_for_auto_class records only one class per model, so the pipeline's class is added here.
-REMOTE_CODE_AUTO_MAP = {
-    "AutoConfig": "configuration_wukong.WukongConfig",
-    "AutoModel": "modeling_wukong.WukongModel",
-    "AutoModelForZeroShotImageClassification": "modeling_wukong.WukongModel",
-}
+__all__ = ["load_model_config", "load_model_and_processor", "save_model_folder"]
 
 
 def _looks_like_a_local_path(name: str) -> bool:
@@ -134,14 +126,12 @@ def save_model_folder(
     """Write model + processor + reports to `folder` (created) and return it as a Path.
 
     model.safetensors, config.json (auto_map for AutoConfig, AutoModel and
-    AutoModelForZeroShotImageClassification: remote code and the pipeline work without wukong_hf),
-    the remote-code files, the processor files, then one file per report: a dict is written as JSON,
-    a str as text (e.g. {"conversion_report.json": report.to_json(), "README.md": str(card)}).
+    AutoModelForZeroShotImageClassification: remote code and the pipeline work without wukong_hf; see
+    WukongModel.save_pretrained), the remote-code files, the processor files, then one file per report:
+    a dict is written as JSON, a str as text (e.g. {"conversion_report.json": report.to_json()}).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if getattr(type(model), "_auto_class", None):  # a class registered for remote code
-        model.config.auto_map = {**(getattr(model.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     for name, content in (reports or {}).items():

@@ -187,6 +187,18 @@ class WukongModel(WukongPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained; a folder saved with remote code also answers to the pipeline's class.
+
+        register_for_auto_class records one Auto class per model (AutoModel); the zero-shot pipeline
+        asks for AutoModelForZeroShotImageClassification, so config.json's auto_map names it too.
+        """
+        if type(self)._auto_class is not None:
+            target = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    "AutoModelForZeroShotImageClassification": target}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @property
     def similarity_rule(self) -> SimilarityRule:
         """How this model scores features (config.similarity and config.token_wise_padding)."""

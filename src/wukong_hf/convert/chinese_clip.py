@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers import BertConfig, ChineseCLIPModel, CLIPVisionConfig
 
 from ..configuration_wukong import WukongConfig
+from ..model_folders import save_model_folder
 from ..modeling_wukong import WukongModel
 from ..processing_wukong import WukongProcessor, build_chinese_tokenizer
 from .original import ConversionReport
@@ -112,7 +113,5 @@ def convert_chinese_clip(model: str | Path, out_dir: str | Path) -> ConversionRe
     else:
         processor = WukongProcessor(image_processor, build_chinese_tokenizer(vocab, max_length))
     out_dir = Path(out_dir)
-    wukong.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    (out_dir / "conversion_report.json").write_text(report.to_json(), encoding="utf-8")
+    save_model_folder(out_dir, wukong, processor, {"conversion_report.json": report.to_json()})
     return report

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..model_folders import save_model_folder
 from ..modeling_wukong import WukongModel
 from ..presets import preset_config
 from ..processing_wukong import WukongProcessor
@@ -131,7 +132,6 @@ def init_lit_model(
     model = WukongModel(preset_config(preset))
     report = load_image_tower(model, weights, revision=revision)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    WukongProcessor.from_config(model.config).save_pretrained(out_dir)
-    (out_dir / "conversion_report.json").write_text(report.to_json(), encoding="utf-8")
+    save_model_folder(out_dir, model, WukongProcessor.from_config(model.config),
+                      {"conversion_report.json": report.to_json()})
     return report

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..configuration_wukong import WukongConfig
+from ..model_folders import save_model_folder
 from ..modeling_wukong import WukongModel
 from ..presets import preset_config
 from ..processing_wukong import WukongProcessor
@@ -324,7 +325,5 @@ def convert_original_checkpoint(
     model.load_state_dict(converted, strict=True)
     processor = WukongProcessor.from_config(config, vocab_path=_vocab_for(checkpoint, vocab))  # fails before writing
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    (out_dir / "conversion_report.json").write_text(report.to_json(), encoding="utf-8")
+    save_model_folder(out_dir, model, processor, {"conversion_report.json": report.to_json()})
     return report
