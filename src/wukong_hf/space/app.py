@@ -63,7 +63,7 @@ def build_app(session: SpaceSession) -> gr.Blocks:
         result, message = handlers.search_tab(session, query, top_k, shortlist)
         if result is None:
             return [], message
-        gallery = [(str(path), f"{rank} · {score:.3f} · {path.name}") for rank, (path, score) in enumerate(result.hits, 1)]
+        gallery = [(str(path), f"{score:.3f} · {path.name}") for path, score in result.hits]  # best first
         return gallery, result.explanation
 
     def run_alignment(image, label):
@@ -105,7 +105,7 @@ def build_app(session: SpaceSession) -> gr.Blocks:
             se_message = gr.Markdown(
                 "" if session.index else "⚠️ No image folder: start the app with --images FOLDER to search it.",
                 elem_id="se-message")
-            se_gallery = gr.Gallery(label="Best matches", columns=6, height="auto", elem_id="se-gallery")
+            se_gallery = gr.Gallery(label="Best matches (similarity · file)", columns=6, height="auto", elem_id="se-gallery")
             for trigger in (se_run.click, se_query.submit):
                 trigger(run_search, [se_query, se_top_k, se_shortlist], [se_gallery, se_message], preprocess=False)
 
@@ -123,10 +123,13 @@ def build_app(session: SpaceSession) -> gr.Blocks:
                     al_run = gr.Button("Align", variant="primary", elem_id="al-run")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        al_overlay = gr.AnnotatedImage(label="Patches coloured by their best token",
-                                                       elem_id="al-overlay", height=360)
-                        al_figure = gr.Image(label="Figure 4: best token index per patch (yellow: label)",
-                                             elem_id="al-figure", height=360, interactive=False)
+                        with gr.Column():
+                            gr.Markdown("**Patches coloured by their best token**")
+                            al_overlay = gr.AnnotatedImage(show_label=False, elem_id="al-overlay", height=380)
+                        with gr.Column():
+                            gr.Markdown("**Figure 4: index of the best token per patch** (yellow: a label token)")
+                            al_figure = gr.Image(show_label=False, elem_id="al-figure", height=380,
+                                                 interactive=False, buttons=["download"])
                     al_legend = gr.Markdown(elem_id="al-legend")
             if examples:
                 gr.Examples(examples, inputs=[al_image], label="Images from the search folder")

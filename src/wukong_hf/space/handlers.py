@@ -327,7 +327,8 @@ def _search_explanation(session: SpaceSession, folder: FolderFeatures, how: str)
     else:
         cached = "cached on disk" if session.index.cache_dir is not None else "no disk cache"
         state = f"encoded in {folder.seconds:.1f} s, {cached}"
-    lines.append(f"{len(folder.paths)} images of `{session.index.folder}` ({state}).")
+    count = len(folder.paths)
+    lines.append(f"{count} image{'' if count == 1 else 's'} of `{session.index.folder}` ({state}).")
     if folder.skipped:
         shown = "; ".join(f"{name} ({_short_reason(reason)})" for name, reason in folder.skipped[:3])
         more = f" and {len(folder.skipped) - 3} more" if len(folder.skipped) > 3 else ""
