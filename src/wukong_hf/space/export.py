@@ -150,7 +150,8 @@ def write_space_folder(
         raise FileNotFoundError(f"--images {images} is not a folder; give the folder of images to search.")
     requirements = space_requirements()
     out.mkdir(parents=True, exist_ok=True)
-    model_name = local.resolve().name if local.is_dir() else model
+    # A training output's own name says little ("final"): name a local model by its last three path parts.
+    model_name = "/".join(local.resolve().parts[-3:]) if local.is_dir() else model
     if local.is_dir():
         from transformers import AutoModel, AutoProcessor
 
