@@ -30,6 +30,7 @@ def test_demo_runs_end_to_end_at_reduced_size(tmp_path, capsys):
     assert "background patches" in printed
     assert len(summary["pipeline"]) == 4
     assert (out / "train" / "final" / "model.safetensors").is_file()
+    assert len(list((out / "held_out").glob("*.png"))) == 8  # the search folder of `wukong space`
     from safetensors import safe_open
 
     with safe_open(str(out / "train" / "final" / "model.safetensors"), "pt") as weights:

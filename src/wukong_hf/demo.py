@@ -160,6 +160,12 @@ def run_demo(settings: DemoSettings | None = None, **overrides) -> DemoResult:
     generator = SyntheticShapes(image_size=64, seed=settings.seed)
     train_dataset = generator.to_dataset("train", settings.train_size, progress=settings.progress)
     held_out = generator.examples("held_out", settings.eval_size, progress=settings.progress)
+    # The held-out images as files: the search folder of `wukong space --images OUT/held_out`.
+    held_out_dir = out / "held_out"
+    held_out_dir.mkdir(exist_ok=True)
+    for i, example in enumerate(held_out):
+        example.image.save(held_out_dir / f"{i:03d}-{example.label}.png")
+    result.paths["held_out"] = str(held_out_dir)
     lap("data")
 
     # ----- training through the real loop -------------------------------------------------------

@@ -48,11 +48,20 @@ def _cmd_image_tower(args) -> int:
 def _cmd_push(args) -> int:
     from ..hub import push_model
 
+    if args.space:  # check the Space's arguments before any export or upload
+        from ..space.export import check_space_request, push_space
+
+        check_space_request(args.space, args.space_images)
     result = push_model(
         args.model, args.repo_id, private=args.private, dry_run_dir=args.dry_run, results_files=args.results,
         token=args.token, variant=args.variant, license=args.license, base_model=args.base_model,
     )
     print(f"dry run: wrote {result} (nothing uploaded)" if args.dry_run else f"pushed: {result}")
+    if args.space:
+        space_dir = f"{str(args.dry_run).rstrip('/')}-space" if args.dry_run else None
+        space = push_space(args.space, args.repo_id, args.space_images, private=args.private, token=args.token,
+                           dry_run_dir=space_dir)
+        print(f"dry run: wrote the Space folder {space} (nothing uploaded)" if args.dry_run else f"pushed Space: {space}")
     return 0
 
 
@@ -102,4 +111,7 @@ def register(subparsers) -> None:
     p.add_argument("--license", default="apache-2.0", help="licence id for the card")
     p.add_argument("--base-model", help="Hub id of the model this one derives from")
     p.add_argument("--token", help="Hub token (default: the logged-in one)")
+    p.add_argument("--space", metavar="ORG/NAME", help="also push a Gradio Space running `wukong space` on this model "
+                   "(with --dry-run OUT: written to OUT-space)")
+    p.add_argument("--space-images", metavar="FOLDER", help="images for the Space's search tab (copied into it)")
     p.set_defaults(func=_cmd_push)
