@@ -484,7 +484,7 @@ class TextFilterConfig:
     max_occurrences: int | None = 10
     mask_names: bool = True
     # "tagger" (LAC from jieba's wheel + rules; best precision and recall on unseen captions), "fast" (jieba's
-    # dictionary + surname tables + rules; 5x faster, misses names outside its tables) or "posseg" (the baseline)
+    # dictionary + surname tables + rules; about 10x faster, misses names outside its tables) or "posseg" (the baseline)
     name_masker: str = NAME_MASKERS[0]
     sensitive_words: list[str] | None = None
 
