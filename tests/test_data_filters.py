@@ -83,9 +83,10 @@ def test_names_masked_and_counted():
 EVERYDAY = ["一只黄色的小狗", "高清壁纸下载", "简欧三居室装修效果图", "秋天的银杏树"]
 
 
-def test_everyday_words_jieba_tags_as_names_stay_unmasked():
+@pytest.mark.parametrize("masker", ["tagger", "fast"])
+def test_everyday_words_jieba_tags_as_names_stay_unmasked(masker):
     """Regression (issue 15): both maskers followed jieba's nr tags and turned these into "<人名>"."""
-    caption_filter = CaptionFilter(TextFilterConfig(max_occurrences=None))
+    caption_filter = CaptionFilter(TextFilterConfig(max_occurrences=None, name_masker=masker))
     for caption in EVERYDAY:
         assert caption_filter(caption) == (caption, None)
         assert NAME_TOKEN in mask_names_posseg(caption)  # the baseline (jieba.posseg alone) still does
@@ -104,8 +105,33 @@ def test_everyday_words_jieba_tags_as_names_stay_unmasked():
         ("张伟家的简欧三居室", f"{NAME_TOKEN}家的简欧三居室"),  # a name next to other words
     ],
 )
-def test_person_names_are_masked(caption, masked):
-    assert CaptionFilter(TextFilterConfig(max_occurrences=None))(caption) == (masked, None)
+@pytest.mark.parametrize("masker", ["tagger", "fast"])
+def test_person_names_are_masked(caption, masked, masker):
+    assert CaptionFilter(TextFilterConfig(max_occurrences=None, name_masker=masker))(caption) == (masked, None)
+
+
+def test_tagger_knows_what_the_rules_cannot():
+    """The default (tagger) masker reads context: a brand named like a person stays (周大福 黄金手镯, jieba's
+    dictionary and the fast masker say name), names outside the surname tables and nicknames are masked."""
+    tagger = CaptionFilter(TextFilterConfig(max_occurrences=None))
+    fast = CaptionFilter(TextFilterConfig(max_occurrences=None, name_masker="fast"))
+    assert tagger("周大福黄金手镯") == ("周大福黄金手镯", None) and NAME_TOKEN in fast("周大福黄金手镯")[0]
+    for caption in ("靳东新剧剧照", "儿子豆豆的周岁照"):
+        assert NAME_TOKEN in tagger(caption)[0] and NAME_TOKEN not in fast(caption)[0]
+    assert tagger("李宁运动鞋") == ("李宁运动鞋", None)  # a name before a product noun is a brand
+    assert tagger("肖战手机壁纸") == (f"{NAME_TOKEN}手机壁纸", None)  # ... unless a photo word follows
+
+
+def test_filter_batch_matches_one_at_a_time(counts_dir):
+    """filter_batch (the tagger runs once per batch) gives each caption what __call__ gives it, in order,
+    with drops mixed in."""
+    captions = [r["caption"] for r in corpus()] + ["刘德华和王小明在北京天安门广场合影", "王老师的美术课堂", "周大福黄金手镯"]
+    caption_filter = CaptionFilter(TextFilterConfig(sensitive_words=["违禁词甲"]), load_frequent_hashes(counts_dir))
+    assert caption_filter.filter_batch(captions) == [caption_filter(c) for c in captions]
+    rows = [{"caption": c, "i": i} for i, c in enumerate(captions)]
+    small_batches = list(filter_captions(rows, caption_filter.config, caption_filter.frequent_hashes, batch_size=3))
+    assert small_batches == list(filter_captions(rows, caption_filter.config, caption_filter.frequent_hashes))
+    assert [r["i"] for r in small_batches] == sorted(r["i"] for r in small_batches)
 
 
 def _labelled_captions():
@@ -116,24 +142,40 @@ def _labelled_captions():
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+TUNED = ("dev", "heldout", "heldout2")  # the splits the rules of both maskers were chosen on
+UNSEEN = ("heldout3", "heldout4", "heldout5")  # written before the masker was run on them, never tuned on
+
+
 def test_name_masking_precision_and_recall_on_the_labelled_set():
-    """Precision >= 0.95 with recall no lower than jieba.posseg alone on the captions the rules were tuned
-    on; on heldout3 (written before the last tuning round, never tuned on) the measured level is kept:
-    precision 0.84 (posseg 0.54). Numbers: benchmarks/data_name_masking.py."""
-    from wukong_hf.data.text_filters import name_masking_scores, name_spans
+    """Issue 15's target is precision >= 0.95 with recall no lower than jieba.posseg alone. It holds on the
+    splits the rules were chosen on, for both maskers. On the three unseen splits no masker reaches it: the
+    default tagger keeps recall above posseg's with precision 0.83-0.85 (posseg 0.54-0.57), and is at least as
+    precise as the fast masker, whose recall falls far below posseg's. Numbers: benchmarks/data_name_masking.py."""
+    from wukong_hf.data.text_filters import find_name_spans, name_masking_scores
 
     examples = _labelled_captions()
     assert len(examples) >= 300 and sum(len(e["names"]) for e in examples) >= 100
-    tuned = [e for e in examples if e["split"] != "heldout3"]
-    heldout = [e for e in examples if e["split"] == "heldout3"]
-    for rows, min_precision in ((tuned, 0.95), (heldout, 0.80), (examples, 0.94)):
-        fast = name_masking_scores(rows, name_spans)
-        posseg = name_masking_scores(rows, lambda caption: name_spans(caption, "posseg"))
-        assert fast["precision"] >= min_precision, fast["false_positives"]
-        assert posseg["precision"] < 0.7  # the baseline masks everyday words
-        if rows is not heldout:
-            assert fast["recall"] >= posseg["recall"], fast["missed"]
-    assert name_masking_scores(heldout, name_spans)["recall"] >= 0.80
+    assert {e["split"] for e in examples} == set(TUNED + UNSEEN)
+    captions = [e["caption"] for e in examples]
+    spans = {masker: dict(zip(captions, find_name_spans(captions, masker))) for masker in ("tagger", "fast", "posseg")}
+
+    def scores(masker, splits):
+        return name_masking_scores([e for e in examples if e["split"] in splits], spans[masker].__getitem__)
+
+    tagger, fast, posseg = (scores(m, TUNED) for m in ("tagger", "fast", "posseg"))
+    assert tagger["precision"] >= 0.95 and fast["precision"] >= 0.95, (tagger["false_positives"], fast["false_positives"])
+    assert tagger["recall"] >= posseg["recall"] and fast["recall"] >= posseg["recall"]
+    assert posseg["precision"] < 0.7  # the baseline masks everyday words
+    # On unseen captions: the level each split reaches (measured 0.847/0.931, 0.832/0.928, 0.850/0.905).
+    for split, min_precision, min_recall in (("heldout3", 0.84, 0.92), ("heldout4", 0.83, 0.92), ("heldout5", 0.84, 0.90)):
+        tagger, fast, posseg = (scores(m, (split,)) for m in ("tagger", "fast", "posseg"))
+        assert tagger["precision"] >= min_precision and tagger["recall"] >= min_recall, (split, tagger["false_positives"], tagger["missed"])
+        assert tagger["recall"] > posseg["recall"] + 0.05 and tagger["precision"] >= fast["precision"], split
+        assert posseg["precision"] < 0.6
+    # The fast masker on unseen captions, as measured before the tagger (heldout3 was the previous helper's check).
+    for split, min_precision, min_recall in (("heldout3", 0.83, 0.81), ("heldout4", 0.76, 0.59), ("heldout5", 0.82, 0.62)):
+        fast = scores("fast", (split,))
+        assert fast["precision"] >= min_precision and fast["recall"] >= min_recall, split
 
 
 def test_name_masking_scores_definition():
@@ -156,7 +198,7 @@ def test_meaningless_rules():
 def test_bad_inputs_have_clear_messages(tmp_path):
     with pytest.raises(ValueError, match="run `wukong data count-captions`"):
         CaptionFilter(TextFilterConfig())
-    with pytest.raises(ValueError, match="name_masker must be 'fast' or 'posseg'"):
+    with pytest.raises(ValueError, match="name_masker must be one of 'tagger', 'fast', 'posseg', got 'hmm'"):
         TextFilterConfig(name_masker="hmm")
     with pytest.raises(FileNotFoundError, match="sensitive-word list .* does not exist"):
         load_sensitive_words(tmp_path / "missing.txt")
@@ -186,3 +228,39 @@ def test_cli_count_merge_filter(tmp_path, capsys):
     assert pq.read_table(tmp_path / "filtered" / "pairs-00000.parquet").num_rows == report["kept"]
     assert main(["data", "filter", str(tmp_path / "table.parquet"), "--out", out]) == 2
     assert "count-captions" in capsys.readouterr().err
+
+
+def test_lac_reproduces_jiebas_paddle_mode():
+    """The torch port of jieba's bundled LAC model segments jieba's documented paddle-mode examples as jieba's
+    README prints them (Paddle Mode: 我/来到/北京清华大学, 乒乓球/拍卖/完/了, 中国科学技术大学)."""
+    from wukong_hf.data.name_tagger import LacTagger
+
+    tagger = LacTagger()
+    documented = {"我来到北京清华大学": "我/来到/北京清华大学", "乒乓球拍卖完了": "乒乓球/拍卖/完/了", "中国科学技术大学": "中国科学技术大学"}
+    for sentence, segmented in documented.items():
+        assert "/".join(word for word, _ in tagger.words(sentence)) == segmented
+    assert tagger.words("刘德华和王小明在北京天安门广场合影")[:3] == [("刘德华", "PER"), ("和", "c"), ("王小明", "PER")]
+
+
+def test_lac_batches_give_the_same_labels_as_single_captions():
+    """Padding and the per-row reversal of the backward GRU must not leak between captions of other lengths."""
+    import torch
+
+    from wukong_hf.data.name_tagger import LacTagger
+
+    captions = ["王芳", "", "刘德华和王小明在北京天安门广场合影", "周杰伦同款卫衣", "a", "高清壁纸下载" * 5]
+    tagger, threads = LacTagger(batch_size=4), torch.get_num_threads()
+    assert tagger.labels(captions) == [tagger.labels([c])[0] for c in captions]
+    assert [len(labels) for labels in tagger.labels(captions)] == [len(c) for c in captions]
+    assert torch.get_num_threads() == threads  # one thread inside, the caller's setting restored
+
+
+def test_lac_model_errors_say_what_to_do(tmp_path):
+    from wukong_hf.data.name_tagger import LacTagger, lac_model_dir, read_fluid_tensor
+
+    with pytest.raises(FileNotFoundError, match="ships with jieba 0.42.*--name-masker fast"):
+        LacTagger(model_dir=str(tmp_path))
+    weights = open(f"{lac_model_dir()}/model_baseline/fc_4.b_0", "rb").read()
+    (tmp_path / "truncated").write_bytes(weights[:-8])
+    with pytest.raises(ValueError, match="truncated .* reinstall jieba"):
+        read_fluid_tensor(str(tmp_path / "truncated"))
