@@ -42,7 +42,7 @@ AutoImageProcessor.register(
 
 # save_pretrained copies the code files and writes auto_map, so a saved folder also loads with
 # trust_remote_code=True where wukong_hf is not installed. A model class records one Auto class only:
-# model_folders.save_model_folder adds AutoModelForZeroShotImageClassification (the pipeline's).
+# WukongModel.save_pretrained adds AutoModelForZeroShotImageClassification (the pipeline's).
 WukongConfig.register_for_auto_class()
 WukongModel.register_for_auto_class("AutoModel")
 WukongProcessor.register_for_auto_class("AutoProcessor")
