@@ -4,30 +4,30 @@
 
 One CPU (the tiny config: 60 steps, 1-2 minutes on 2 cores; first make its 256 synthetic pairs):
     python -c "from wukong_hf.data.synthetic import SyntheticShapes as S; S().to_dataset('train', 256).save_to_disk('data/tiny-pairs')"
-    python train.py configs/tiny-cpu.yaml
-    accelerate launch --cpu --num_processes 1 train.py configs/tiny-cpu.yaml
+    python train.py configs/train-tiny-cpu.yaml
+    accelerate launch --cpu --num_processes 1 train.py configs/train-tiny-cpu.yaml
 
 Two CPU processes (gloo; the weights match one process with the same global batch within 1e-5,
 dropout off). `accelerate launch --cpu --num_processes 2` starts only ONE process in
 accelerate 1.x; use torchrun, or --multi_gpu on a machine without CUDA (train() then picks gloo):
-    torchrun --nproc_per_node 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
-    accelerate launch --multi_gpu --num_processes 2 train.py configs/tiny-cpu.yaml loop.batch_size=8
+    torchrun --nproc_per_node 2 train.py configs/train-tiny-cpu.yaml loop.batch_size=8
+    accelerate launch --multi_gpu --num_processes 2 train.py configs/train-tiny-cpu.yaml loop.batch_size=8
 
 One GPU (bf16):
-    accelerate launch --num_processes 1 --mixed_precision bf16 train.py configs/paper-vit-l-14-token-wise.yaml \
+    accelerate launch --num_processes 1 --mixed_precision bf16 train.py configs/train-paper-vit-l-14-token-wise.yaml \
         data.dataset=/data/wukong-shards-dataset
 
 Several GPUs on one machine (8 here; loop.batch_size is per GPU, the negative set is
 batch_size x accumulation_steps x 8):
     accelerate launch --multi_gpu --num_processes 8 --mixed_precision bf16 train.py \
-        configs/paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
+        configs/train-paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
     (WebDataset shards from `wukong data download` instead: data.dataset=null data.shards=/data/wukong-shards
     loop.max_steps=N)
 
 Several nodes (run on every node; 4 nodes x 8 GPUs, node rank 0..3):
     accelerate launch --multi_gpu --num_machines 4 --num_processes 32 --machine_rank $NODE_RANK \
         --main_process_ip $MASTER_ADDR --main_process_port 29500 --mixed_precision bf16 \
-        train.py configs/paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
+        train.py configs/train-paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
 
 Resume after a crash: run the same command again; checkpoint.resume=auto (the default) picks up the
 latest complete checkpoint in loop.output_dir. The same run is `wukong train CONFIG [overrides]`.

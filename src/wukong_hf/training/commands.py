@@ -21,6 +21,6 @@ def register(subparsers) -> None:
         description="Train a Wukong model from a YAML config (see configs/). Several processes: "
         "accelerate launch train.py CONFIG [overrides].",
     )
-    p.add_argument("config", help="YAML training config, e.g. configs/tiny-cpu.yaml")
+    p.add_argument("config", help="YAML training config, e.g. configs/train-tiny-cpu.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1e-3 loop.max_steps=100")
     p.set_defaults(func=run_training_command)
