@@ -203,6 +203,7 @@ def test_corrupt_incomplete_and_missing_checkpoints_give_clear_errors(tmp_path):
     data = coloured_pairs(16)
     out = tmp_path / "run"
     train(tiny_config(out, loop={"max_steps": 4}, checkpoint={"every_steps": 2}), train_dataset=data)
+    (out / "finished.json").unlink()  # as if the run had been killed after its last checkpoint
     checkpoint = out / "checkpoints" / "step-00000002"
     (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="step-00000002 is corrupt and cannot be loaded"):
@@ -217,7 +218,24 @@ def test_corrupt_incomplete_and_missing_checkpoints_give_clear_errors(tmp_path):
 def test_missing_columns_are_reported(tmp_path):
     data = coloured_pairs(16).rename_column("caption", "text")
     with pytest.raises(ValueError, match=r"no column 'caption'.*set data.caption_column"):
-        train(tiny_config(tmp_path / "run"), train_dataset=data)
+        train(tiny_config(tmp_path / "run", data={"caption_column": "caption"}), train_dataset=data)
+    with pytest.raises(ValueError, match=r"no caption column \(looked for caption, txt, text; columns: .*'words'.*set "
+                                         r"data.caption_column"):
+        train(tiny_config(tmp_path / "run"), train_dataset=coloured_pairs(16).rename_column("caption", "words"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_column_mapping_for_every_source(tmp_path):
+    """Unset columns are found by name the same way for datasets ("image"/"caption") and shards ("jpg"/"txt")."""
+    from wukong_hf.data.train_loader import resolve_columns
+
+    assert resolve_columns(["image", "caption", "label"]) == ("image", "caption")
+    assert resolve_columns(["__key__", "__url__", "jpg", "txt", "json"]) == ("jpg", "txt")
+    assert resolve_columns(["png", "text"]) == ("png", "text")
+    assert resolve_columns(["photo", "title", "jpg"], "photo", "title") == ("photo", "title")
+    renamed = coloured_pairs(16).rename_column("image", "jpg").rename_column("caption", "txt")
+    result = train(tiny_config(tmp_path / "run", loop={"max_steps": 1}), train_dataset=renamed)
+    assert len(result.history) == 1
 
 
 def _free_port() -> int:
@@ -275,7 +293,9 @@ def test_webdataset_shards_train_resume_and_stop_at_the_end_of_the_stream(tmp_pa
     assert [h["step"] for h in straight.history] == [1, 2, 3, 4]
     assert np.isfinite([h["loss"] for h in straight.history]).all()
     straight_weights = weights(straight.final_model_dir)
-    resumed = train(tiny_config(tmp_path / "run", **sections))  # latest checkpoint: step 2 (step 4 ended the run)
+    # The run is finished; resuming it again from its latest checkpoint (step 2; step 4 ended the run) is an explicit ask.
+    latest = str(tmp_path / "run" / "checkpoints" / "step-00000002")
+    resumed = train(tiny_config(tmp_path / "run", **{**sections, "checkpoint": {"every_steps": 2, "resume": latest}}))
     assert resumed.resumed_from.endswith("step-00000002")
     final = weights(resumed.final_model_dir)
     assert max((final[k] - straight_weights[k]).abs().max().item() for k in final) <= 1e-6
