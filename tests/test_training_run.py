@@ -366,3 +366,53 @@ def test_webdataset_shards_train_resume_and_stop_at_the_end_of_the_stream(tmp_pa
     short = train(tiny_config(tmp_path / "short", **{**sections, "loop": {"batch_size": 4, "max_steps": 10},
                                                       "checkpoint": {"resume": "none"}}))
     assert [h["step"] for h in short.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_launcher_mixed_precision_wins_unless_the_config_sets_it(tmp_path):
+    """`accelerate launch --mixed_precision bf16` and an `accelerate config` file reach the run (they used to be
+    overridden by the config's default "no"); a value the training YAML sets wins, and the log says which and why."""
+    unset = _save_dataset_and_config(tmp_path, tmp_path / "unset", loop={"max_steps": 1})
+    assert TrainConfig.from_yaml(unset).loop.mixed_precision is None
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--dynamo_backend", "no"]
+    run = subprocess.run([*launch, "--mixed_precision", "bf16", str(ROOT / "train.py"), str(unset)], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mixed precision: bf16, from the launcher (ACCELERATE_MIXED_PRECISION=bf16" in run.stdout
+    assert "gradient accumulation steps: 1, the default" in run.stdout
+    finished = json.loads((tmp_path / "unset" / "finished.json").read_text())
+    assert finished["launch_settings"]["mixed_precision"] == {"value": "bf16", "source": "launcher"}
+    assert "mixed_precision: bf16" in (tmp_path / "unset" / "train_config.yaml").read_text()
+
+    accelerate_config = tmp_path / "accelerate.yaml"
+    accelerate_config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: bf16\n"
+                                 "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+    explicit = _save_dataset_and_config(tmp_path, tmp_path / "explicit", loop={"max_steps": 1, "mixed_precision": "no"})
+    from_file = _save_dataset_and_config(tmp_path, tmp_path / "file", loop={"max_steps": 1})
+    for config_path, expected in [(from_file, "mixed precision: bf16, from the launcher"),
+                                  (explicit, "mixed precision: no, from the training config (loop.mixed_precision); "
+                                             "the launcher's ACCELERATE_MIXED_PRECISION=bf16 is overridden")]:
+        run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
+                              str(ROOT / "train.py"), str(config_path)], env=_env(), capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert expected in run.stdout
+
+
+def test_launcher_accumulation_steps_reach_the_run(tmp_path, monkeypatch):
+    """ACCELERATE_GRADIENT_ACCUMULATION_STEPS (what `accelerate launch` sets for DeepSpeed runs, or exported by hand)
+    gives the run its accumulation when the config leaves loop.accumulation_steps unset: the same weights as
+    setting it in the config."""
+    data = coloured_pairs(16)
+    explicit = train(tiny_config(tmp_path / "explicit", loop={"batch_size": 2, "accumulation_steps": 2, "max_steps": 2}),
+                     train_dataset=data)
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    launched = train(tiny_config(tmp_path / "launched", loop={"batch_size": 2, "max_steps": 2}), train_dataset=data)
+    assert launched.launch_settings["accumulation_steps"] == {"value": 2, "source": "launcher"}
+    assert explicit.launch_settings["accumulation_steps"] == {"value": 2, "source": "training config"}
+    assert_same_weights(launched.final_model_dir, explicit.final_model_dir, atol=0.0)
+    single = train(tiny_config(tmp_path / "single", loop={"batch_size": 2, "accumulation_steps": 1, "max_steps": 2}),
+                   train_dataset=data)
+    assert single.launch_settings["accumulation_steps"]["source"] == "training config"
+    with pytest.raises(AssertionError):  # the config's explicit 1 wins over the launcher's 2: a different run
+        assert_same_weights(single.final_model_dir, explicit.final_model_dir, atol=1e-6)

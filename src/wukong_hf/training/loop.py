@@ -170,7 +170,7 @@ def resolve_launch_settings(loop: LoopSection, environ: dict | None = None) -> d
 def _build_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration
 
     log_with = None if config.log.report_to == "none" else config.log.report_to
     # Parameters no loss term reaches (token reduction under a global loss) must not stall DDP.
@@ -187,6 +187,10 @@ def _build_accelerator(config: TrainConfig):
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=config.loop.mixed_precision,
+        # Accumulation is GradCache in train_step (loop.accumulation_steps, resolved above). Accelerate's own would
+        # read ACCELERATE_GRADIENT_ACCUMULATION_STEPS (even over gradient_accumulation_steps=1) and divide every loss
+        # by it in backward(); a plugin of one step is the way to keep it out.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=config.loop.output_dir, logging_dir=str(Path(config.loop.output_dir) / "logs")),
         kwargs_handlers=[ddp],
