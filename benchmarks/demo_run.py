@@ -7,8 +7,10 @@ targets on each: zero-shot top-1 on held-out colour-shape combinations >= 3x cha
 label-token patch area on the object against the object's area fraction, total under 5 minutes.
 Several seeds, because the alignment share depends on which token each background colour's
 patches take as their best token ([CLS]/[SEP], or a label token), a choice the training loss leaves
-to the initialisation (see the README's Demo section). Writes benchmarks/results/demo_run.json.
-About 50 s per seed on 2 quiet cores.
+to the initialisation (docs/demo.md), and because one seed's numbers differ between machines (thread
+count and CPU vector width change the order of float sums). Writes benchmarks/results/demo_run.json,
+whose "reference" block (lowest, highest over the seeds) is what wukong_hf.demo.REFERENCE and
+docs/demo.md quote (tests/test_demo.py checks they agree). About a minute per seed on 2 quiet cores.
 """
 
 import argparse
@@ -23,6 +25,31 @@ from pathlib import Path
 MACHINE = "2-core CPU sandbox, no GPU"
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+def reference_block(runs: list[dict]) -> dict:
+    """(lowest, highest) over the seeds of what the demo prints: the ranges wukong_hf.demo.REFERENCE quotes."""
+    def span(values, digits=1):
+        return [round(min(values), digits), round(max(values), digits)]
+
+    return {
+        "seeds": f"{min(r['seed'] for r in runs)}-{max(r['seed'] for r in runs)}",
+        "zero_shot_top1": span([r["zero_shot_top1"] for r in runs]),
+        "held_out_only_top1": span([r["held_out_only_top1"] for r in runs]),
+        "alignment_share_on_object": span([100 * r["alignment_share_on_object"] for r in runs]),
+        "pipeline_right": span([r["pipeline_right"] for r in runs], 0),
+        "train_seconds_per_step": span([r["demo_seconds"]["train"] / r["steps"] for r in runs], 3),
+        "total_seconds": [int(min(r["demo_seconds"]["total"] for r in runs)),
+                          int(max(r["demo_seconds"]["total"] for r in runs) + 0.999)],
+    }
+
+
 def run_seed(seed: int, out: Path) -> dict:
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -33,6 +60,7 @@ def run_seed(seed: int, out: Path) -> dict:
     z, r, a = summary["zero_shot"], summary["retrieval"], summary["alignment"]
     return {
         "seed": seed,
+        "steps": summary["settings"]["steps"],
         "load_average_before": round(load_before, 2),
         "wall_seconds": round(wall, 1),
         "demo_seconds": summary["seconds"],
@@ -71,9 +99,14 @@ def main() -> int:
               f"({run['zero_shot_x_chance']:.1f}x chance), alignment {run['alignment_share_on_object']:.1%} on object "
               f"vs {run['object_area_fraction']:.1%} area ({run['alignment_x_area']:.1f}x), colour character "
               f"{run['colour_character_share_on_object']:.0%}, background {run['background_patch_tokens']}", flush=True)
+    import torch
+
     result = {
         "machine": MACHINE,
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "reference": reference_block(runs),
         "load_average_after": round(os.getloadavg()[0], 2),
         "seeds": args.seeds,
         "all_seeds": {

@@ -8,6 +8,12 @@ def run_training_command(args) -> int:
 
     config = TrainConfig.from_yaml(args.config, args.overrides)
     result = train(config)
+    if result.history and result.global_batch:
+        import math
+
+        last = result.history[-1]
+        print(f"final loss {last['loss']:.3f} after {last['step']} steps (chance, a uniform guess over the "
+              f"{result.global_batch} pairs of a step: ln {result.global_batch} = {math.log(result.global_batch):.3f})")
     print(f"final model: {result.final_model_dir}")
     if result.best_model_dir:
         print(f"best model: {result.best_model_dir} (zero-shot top-1 {result.best_accuracy:.2f}%)")

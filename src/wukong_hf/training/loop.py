@@ -42,6 +42,7 @@ class TrainResult:
     already_finished: bool = False
     launch_settings: dict = field(default_factory=dict)
     skipped_pairs: int = 0
+    global_batch: int | None = None  # pairs per optimiser step over all processes (the loss's negative set)
 
 
 def _apply_model_overrides(config, overrides: dict):
@@ -154,15 +155,16 @@ def resolve_launch_settings(loop: LoopSection, environ: dict | None = None) -> d
             raise TrainConfigError(f"{variable}={launched!r} from the launcher is not one of no, fp16, bf16, fp8.")
         if configured is not None:
             value, source = configured, "training config"
-            message = f"from the training config (loop.{name})"
+            message = f"from the training config, loop.{name}"
             if launched is not None and launched != configured:
-                message += f"; the launcher's {variable}={launched} is overridden"
+                message += f"; overrides the launcher's {variable}={launched}"
         elif launched is not None:
             value, source = launched, "launcher"
-            message = f"from the launcher ({variable}={launched}: accelerate launch flags or accelerate config)"
+            message = f"from the launcher: {variable}={launched} (accelerate launch flags or an accelerate config file)"
         else:
             value, source = _DEFAULTS[name], "default"
-            message = f"the default (set loop.{name}, or launch with accelerate launch)"
+            how = "accelerate launch --mixed_precision" if name == "mixed_precision" else variable
+            message = f"default; set loop.{name} or {how}"
         settings[name] = {"value": value, "source": source, "message": message}
     return settings
 
@@ -264,7 +266,8 @@ def _finished_run(config: TrainConfig) -> TrainResult | None:
     return TrainResult(output_dir=str(out), final_model_dir=info["final_model_dir"],
                        best_model_dir=info.get("best_model_dir"), history=history,
                        best_accuracy=info.get("best_accuracy"), already_finished=True,
-                       launch_settings=info.get("launch_settings", {}), skipped_pairs=info.get("skipped_pairs", 0))
+                       launch_settings=info.get("launch_settings", {}), skipped_pairs=info.get("skipped_pairs", 0),
+                       global_batch=info.get("global_batch"))
 
 
 def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None,
@@ -301,7 +304,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None,
     lp, out = config.loop, Path(config.loop.output_dir)
     accelerator = _build_accelerator(config)
     for name, label in (("mixed_precision", "mixed precision"), ("accumulation_steps", "gradient accumulation steps")):
-        accelerator.print(f"{label}: {launch[name]['value']}, {launch[name]['message']}")
+        accelerator.print(f"{label}: {launch[name]['value']} ({launch[name]['message']})")
     set_seed(lp.seed)
     model, processor = load_model_for_training(config.model)
     locked = config.model.lock_image_tower
@@ -434,7 +437,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None,
         finished = {"step": progress.step, "final_model_dir": str(final_dir),
                     "best_model_dir": str(best_dir) if progress.best_accuracy is not None else None,
                     "best_accuracy": progress.best_accuracy, "launch_settings": settings,
-                    "skipped_pairs": progress.skipped_pairs}
+                    "skipped_pairs": progress.skipped_pairs, "global_batch": global_batch}
         (out / FINISHED_FILE).write_text(json.dumps(finished, indent=1, ensure_ascii=False), encoding="utf-8")
         if config.hub.push:
             from ..hub import push_model
@@ -455,6 +458,7 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None,
         resumed_from=str(resume_from) if resume_from is not None else None,
         launch_settings=settings,
         skipped_pairs=progress.skipped_pairs,
+        global_batch=global_batch,
     )
 
 
