@@ -2,7 +2,8 @@
 
     python train.py CONFIG.yaml [section.key=value ...]
 
-One CPU (the tiny config: 60 steps, 1-2 minutes on 2 cores; first make its 256 synthetic pairs):
+One CPU (the tiny config: 200 steps, under a minute on 2 quiet cores, ends near 0.55 x chance; first make its
+256 synthetic pairs):
     python -c "from wukong_hf.data.synthetic import SyntheticShapes as S; S().to_dataset('train', 256).save_to_disk('data/tiny-pairs')"
     python train.py configs/train-tiny-cpu.yaml
     accelerate launch --cpu --num_processes 1 train.py configs/train-tiny-cpu.yaml
@@ -29,12 +30,16 @@ Several nodes (run on every node; 4 nodes x 8 GPUs, node rank 0..3):
         --main_process_ip $MASTER_ADDR --main_process_port 29500 --mixed_precision bf16 \
         train.py configs/train-paper-vit-l-14-token-wise.yaml data.dataset=/data/wukong
 
-Resume after a crash: run the same command again; checkpoint.resume=auto (the default) picks up the
-latest complete checkpoint in loop.output_dir. The same run is `wukong train CONFIG [overrides]`.
+Mixed precision and accumulation come from the launcher (--mixed_precision, an `accelerate config` file,
+ACCELERATE_GRADIENT_ACCUMULATION_STEPS) unless the config sets loop.mixed_precision / loop.accumulation_steps;
+the run prints which. Resume after a crash: run the same command again; checkpoint.resume=auto (the default)
+picks up the latest complete checkpoint in loop.output_dir, and a finished run says so and trains nothing.
+The same run is `wukong train CONFIG [overrides]`.
 """
 
 import sys
 
+from wukong_hf.data.train_loader import TrainingDataError
 from wukong_hf.training import CheckpointError, TrainConfigError
 from wukong_hf.training.commands import run_training_command
 
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_training_command(args)
-    except (TrainConfigError, CheckpointError, FileNotFoundError) as err:  # bad input: the message, no traceback
+    except (TrainConfigError, CheckpointError, TrainingDataError, FileNotFoundError) as err:  # bad input: one line
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
 

@@ -200,7 +200,7 @@ def test_train_py_reports_bad_input_without_a_traceback(tmp_path, capsys, monkey
     "configured, environ, value, source, message",
     [
         (None, {}, "no", "default", "default; set loop.mixed_precision or accelerate launch --mixed_precision"),
-        (None, {"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "launcher", "from the launcher: ACCELERATE_MIXED_PRECISION=bf16 (accelerate launch"),
+        (None, {"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "launcher", "from the launcher: ACCELERATE_MIXED_PRECISION=bf16, set by accelerate launch"),
         ("fp16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, "fp16", "training config",
          "from the training config, loop.mixed_precision; overrides the launcher's ACCELERATE_MIXED_PRECISION=bf16"),
         ("bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "training config", "from the training config"),

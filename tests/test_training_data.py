@@ -189,6 +189,9 @@ def test_one_opener_for_save_to_disk_folders_repositories_and_missing_paths(tmp_
         open_dataset(str(tmp_path / "saved-dict"), split="validation")
     with pytest.raises(FileNotFoundError, match="Dataset folder ./no/such/folder does not exist"):
         open_dataset("./no/such/folder")
+    with pytest.raises(FileNotFoundError, match="Dataset someone/nothing is not a local folder and could not be "
+                                                "loaded from the Hub"):  # tests run offline (conftest)
+        open_dataset("someone/nothing")
     # Evaluation opens a save_to_disk folder as training does (it used to refuse it).
     images = hf_dataset_images(str(tmp_path / "saved"), split="test")
     assert images.folder_classes == ["猫", "狗"] and len(images.loaders) == 6

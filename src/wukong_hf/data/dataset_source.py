@@ -28,7 +28,8 @@ def open_dataset(source: str, *, name: str | None = None, split: str = "train", 
         datasets.Dataset, or datasets.IterableDataset when streaming.
 
     Raises:
-        FileNotFoundError: a path (starting with ".", "/" or "~") that does not exist.
+        FileNotFoundError: a path (starting with ".", "/" or "~") that does not exist, or an id that is neither
+            a local folder nor loadable from the Hub (offline, no such dataset).
         ValueError: the split is not in a saved DatasetDict (the message lists the splits it has).
     """
     import datasets
@@ -45,5 +46,11 @@ def open_dataset(source: str, *, name: str | None = None, split: str = "train", 
                                  "choose one of them.")
             loaded = loaded[split]
         return loaded.to_iterable_dataset() if streaming else loaded
-    return datasets.load_dataset(str(folder) if folder.is_dir() else source, name=name, split=split,
-                                 streaming=streaming)
+    if folder.is_dir():
+        return datasets.load_dataset(str(folder), name=name, split=split, streaming=streaming)
+    try:
+        return datasets.load_dataset(source, name=name, split=split, streaming=streaming)
+    except (ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:  # not a folder, and not on the Hub
+        raise FileNotFoundError(f"Dataset {source} is not a local folder and could not be loaded from the Hub "
+                                f"({err}); give a save_to_disk folder, a dataset repository folder or a reachable "
+                                "Hub id.") from err

@@ -92,12 +92,12 @@ def resolve_columns(names: Sequence[str], image_column: str | None = None,
         if requested is not None:
             if requested not in names:
                 raise TrainingDataError(f"The training data has no column {requested!r} (columns: {sorted(names)}); "
-                                        f"set data.{what}_column ({what}_column=) to the column that holds the {what}s.")
+                                        f"set data.{what}_column to the column that holds the {what}s.")
             return requested
         found = next((c for c in candidates if c in names), None)
         if found is None:
             raise TrainingDataError(f"The training data has no {what} column (looked for {', '.join(candidates)}; "
-                                    f"columns: {sorted(names)}); set data.{what}_column ({what}_column=).")
+                                    f"columns: {sorted(names)}); set data.{what}_column.")
         return found
 
     return pick(image_column, IMAGE_COLUMNS, "image"), pick(caption_column, CAPTION_COLUMNS, "caption")

@@ -1,5 +1,7 @@
 """`wukong train CONFIG [section.key=value ...]`: parse arguments, call wukong_hf.training.train."""
 
+import os
+
 __all__ = ["register", "run_training_command"]
 
 
@@ -8,6 +10,8 @@ def run_training_command(args) -> int:
 
     config = TrainConfig.from_yaml(args.config, args.overrides)
     result = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # one summary per run, not one per process
+        return 0
     if result.history and result.global_batch:
         import math
 

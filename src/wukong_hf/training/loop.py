@@ -160,7 +160,7 @@ def resolve_launch_settings(loop: LoopSection, environ: dict | None = None) -> d
                 message += f"; overrides the launcher's {variable}={launched}"
         elif launched is not None:
             value, source = launched, "launcher"
-            message = f"from the launcher: {variable}={launched} (accelerate launch flags or an accelerate config file)"
+            message = f"from the launcher: {variable}={launched}, set by accelerate launch or an accelerate config file"
         else:
             value, source = _DEFAULTS[name], "default"
             how = "accelerate launch --mixed_precision" if name == "mixed_precision" else variable
