@@ -1,4 +1,4 @@
-"""Training loader throughput: decoded, augmented (RandomResizedCrop + AutoAugment), processed samples/s on one core.
+"""Training loader throughput: decoded, augmented (the paper's AutoAugment, seeded per pair), processed samples/s on one core.
 
 Shards hold 256x256-short-side JPEGs, as `wukong data download` writes them; output is 224 px batches.
 Usage: python benchmarks/data_loader.py [--n 512 --batch-size 64]

@@ -75,7 +75,7 @@ def test_bad_arguments_messages(tmp_path, shards, processor):
         build_train_loader(shards, processor, 0)
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
         build_train_loader(tmp_path / "nothing", processor, 2)
-    with pytest.raises(ValueError, match="caption column 'title' not in sample columns"):
+    with pytest.raises(ValueError, match=r"no column 'title' \(columns: \['jpg', 'json', 'txt'\]\); set data.caption_column"):
         next(iter(build_train_loader(shards, processor, 2, caption_column="title")))
 
 
@@ -87,4 +87,4 @@ def test_corrupt_image_is_skipped_and_logged(tmp_path, processor, caplog):
         writer.write({"__key__": "broken", "jpg": b"\xff\xd8 not really a jpeg", "txt": "坏图"})
     loaded = rows(build_train_loader(tmp_path / "shards", processor, 8, augment=False))
     assert len(loaded) == 3
-    assert "skipping undecodable sample broken" in caplog.text
+    assert "skipping unusable training pair broken: undecodable image in column 'jpg'" in caplog.text

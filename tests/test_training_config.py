@@ -194,3 +194,39 @@ def test_train_py_reports_bad_input_without_a_traceback(tmp_path, capsys, monkey
 
     assert train_script.main([str(_write(tmp_path, GOOD)), "data.dataset=./no/such/folder"]) == 2
     assert "train.py: error: data.dataset path ./no/such/folder does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "configured, environ, value, source, message",
+    [
+        (None, {}, "no", "default", "default; set loop.mixed_precision or accelerate launch --mixed_precision"),
+        (None, {"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "launcher", "from the launcher: ACCELERATE_MIXED_PRECISION=bf16, set by accelerate launch"),
+        ("fp16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, "fp16", "training config",
+         "from the training config, loop.mixed_precision; overrides the launcher's ACCELERATE_MIXED_PRECISION=bf16"),
+        ("bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}, "bf16", "training config", "from the training config"),
+    ],
+)
+def test_launch_settings_precedence(configured, environ, value, source, message):
+    from wukong_hf.training.config import LoopSection
+    from wukong_hf.training.loop import resolve_launch_settings
+
+    setting = resolve_launch_settings(LoopSection(mixed_precision=configured), environ)["mixed_precision"]
+    assert (setting["value"], setting["source"]) == (value, source) and message in setting["message"]
+    accumulation = resolve_launch_settings(LoopSection(), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})
+    assert accumulation["accumulation_steps"]["value"] == 4
+    assert resolve_launch_settings(LoopSection(accumulation_steps=2), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"})[
+        "accumulation_steps"]["value"] == 2
+    with pytest.raises(TrainConfigError, match="ACCELERATE_GRADIENT_ACCUMULATION_STEPS='zero' from the launcher"):
+        resolve_launch_settings(LoopSection(), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "zero"})
+
+
+def test_shipped_configs_leave_precision_to_the_launcher_and_are_not_named_like_presets():
+    from pathlib import Path
+
+    from wukong_hf.presets import list_presets
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files and all(path.name.startswith("train-") for path in files)
+    assert not {path.stem for path in files} & set(list_presets())
+    for path in files:
+        assert TrainConfig.from_yaml(path).loop.mixed_precision is None, path.name

@@ -124,7 +124,7 @@ def hf_dataset_images(
     path: str, split: str = "test", image_column: str = "image", label_column: str = "label", name: str | None = None
 ) -> LabelledImages:
     """A `datasets` dataset (local folder or Hub id) with an image column and an integer label column."""
-    import datasets
+    from ..data.dataset_source import open_dataset
 
-    dataset = datasets.load_dataset(path, name=name, split=split)
+    dataset = open_dataset(path, name=name, split=split)  # save_to_disk folder, dataset repository or Hub id
     return dataset_images(dataset, image_column, label_column, split, source=f"Dataset {path}")

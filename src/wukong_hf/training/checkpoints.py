@@ -30,6 +30,7 @@ class TrainingProgress:
     best_accuracy: float | None = None
     history: list[dict] = field(default_factory=list)
     scheduler: dict = field(default_factory=dict)
+    skipped_pairs: int = 0  # unusable training pairs skipped so far, all processes
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

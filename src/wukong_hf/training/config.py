@@ -51,15 +51,21 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    """Training pairs: a `datasets` folder / Hub id (image + caption columns) or WebDataset shards."""
+    """Training pairs: a `datasets` folder / Hub id or WebDataset shards, all through one pipeline
+    (wukong_hf.data.train_loader).
+
+    image_column / caption_column: None (default) takes the first of image/jpg/jpeg/png/webp and
+    caption/txt/text the data has, for every source; a name is used as given.
+    augment: the paper's AutoAugment (ImageNet policy), seeded per pair.
+    """
 
     dataset: str | None = None
     shards: str | None = None
     name: str | None = None
     split: str = "train"
     streaming: bool = False
-    image_column: str = "image"
-    caption_column: str = "caption"
+    image_column: str | None = None
+    caption_column: str | None = None
     augment: bool = True
     shuffle: bool = True
     num_workers: int = 0
@@ -99,15 +105,18 @@ class LoopSection:
 
     batch_size is the micro-batch per process; the negative set of one step is
     batch_size * accumulation_steps * number of processes.
+    mixed_precision / accumulation_steps: None (default) leaves them to the launcher
+    (`accelerate launch --mixed_precision`, an `accelerate config` file, or
+    ACCELERATE_GRADIENT_ACCUMULATION_STEPS), else "no" / 1; a value set here wins over the launcher.
     """
 
     output_dir: str = "runs/wukong"
     batch_size: int = 32
-    accumulation_steps: int = 1
+    accumulation_steps: int | None = None
     max_steps: int = 0
     epochs: int = 1
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None
     cache_image_features: bool = False
     log_every: int = 1
 
@@ -298,13 +307,13 @@ class TrainConfig:
             raise TrainConfigError("Every eval.templates entry needs a '{c}' where the class name goes, e.g. '{c}的照片。'.")
         for key, value in [("loop.batch_size", lp.batch_size), ("loop.accumulation_steps", lp.accumulation_steps),
                            ("loop.epochs", lp.epochs), ("loop.log_every", lp.log_every)]:
-            if value < 1:
+            if value is not None and value < 1:
                 raise TrainConfigError(f"{key} must be at least 1, got {value}.")
         if lp.max_steps < 0 or o.warmup_steps < 0 or self.checkpoint.every_steps < 0:
             raise TrainConfigError("loop.max_steps, optim.warmup_steps and checkpoint.every_steps must be >= 0.")
         if o.lr <= 0:
             raise TrainConfigError(f"optim.lr must be positive, got {o.lr}.")
-        if lp.mixed_precision not in ("no", "fp16", "bf16", "fp8"):
+        if lp.mixed_precision not in (None, "no", "fp16", "bf16", "fp8"):
             raise TrainConfigError(f"loop.mixed_precision must be no, fp16, bf16 or fp8, got {lp.mixed_precision!r}.")
         if self.log.report_to not in ("tensorboard", "wandb", "none"):
             raise TrainConfigError(f"log.report_to must be tensorboard, wandb or none, got {self.log.report_to!r}.")

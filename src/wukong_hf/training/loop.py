@@ -4,21 +4,29 @@ steps (with checkpoints, logging, zero-shot validation), export, optional push.
 Runs unchanged on one CPU, one GPU, or many processes under `accelerate launch`.
 """
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .batches import PairBatches, ShardPairBatches, StreamingPairBatches
+from ..data.dataset_source import open_dataset
+from ..data.train_loader import resolve_columns
+from .batches import plan_steps
 from .checkpoints import TrainingProgress, find_checkpoint, load_checkpoint, save_checkpoint
-from .config import DataSection, ModelSection, TrainConfig, TrainConfigError
-from .recipe import build_augmentation, build_optimizer, build_scheduler
+from .config import DataSection, LoopSection, ModelSection, TrainConfig, TrainConfigError
+from .recipe import build_optimizer, build_scheduler
 from .step import DualEncoderStep, TowerOutputCache, train_step
 
-__all__ = ["train", "TrainResult", "load_model_for_training", "load_train_dataset", "zero_shot_accuracy"]
+__all__ = ["train", "TrainResult", "load_model_for_training", "load_train_dataset", "zero_shot_accuracy",
+           "resolve_launch_settings", "FINISHED_FILE"]
+
+# Written last by a run that reached its final step; a rerun with checkpoint.resume=auto then stops at once.
+FINISHED_FILE = "finished.json"
 
 
 @dataclass
@@ -31,6 +39,10 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     best_accuracy: float | None = None
     resumed_from: str | None = None
+    already_finished: bool = False
+    launch_settings: dict = field(default_factory=dict)
+    skipped_pairs: int = 0
+    global_batch: int | None = None  # pairs per optimiser step over all processes (the loss's negative set)
 
 
 def _apply_model_overrides(config, overrides: dict):
@@ -64,29 +76,27 @@ def load_model_for_training(section: ModelSection):
     return model.train(), processor
 
 
-def _load_dataset(path: str, name: str | None, split: str, streaming: bool = False):
-    import datasets
-
-    if Path(path).is_dir() and (Path(path) / "state.json").is_file() or (Path(path) / "dataset_dict.json").is_file():
-        loaded = datasets.load_from_disk(path)  # a save_to_disk folder
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    return datasets.load_dataset(path, name=name, split=split, streaming=streaming)
-
-
 def load_train_dataset(section: DataSection):
     """The training pairs named by data.dataset (save_to_disk folder, dataset repository folder or Hub id)."""
-    dataset = _load_dataset(section.dataset, section.name, section.split, section.streaming)
-    _check_columns(dataset, [section.image_column, section.caption_column], "data")
+    dataset = open_dataset(section.dataset, name=section.name, split=section.split, streaming=section.streaming)
+    _check_train_columns(dataset, section)
     return dataset
 
 
-def _check_columns(dataset, columns: list[str], section: str) -> None:
+def _check_train_columns(dataset, section: DataSection) -> None:
+    names = getattr(dataset, "column_names", None)
+    if names is not None:  # some streamed datasets do not know their columns before the first row
+        try:
+            resolve_columns(names, section.image_column, section.caption_column)
+        except ValueError as err:
+            raise TrainConfigError(str(err)) from None
+
+
+def _check_eval_columns(dataset, section) -> None:
     names = dataset.column_names
-    if names is None:  # some streamed datasets do not know their columns before the first row
-        return
-    for column, key in zip(columns, ("image_column", "caption_column" if section == "data" else "label_column")):
+    for column, key in ((section.image_column, "image_column"), (section.label_column, "label_column")):
         if column not in names:
-            raise TrainConfigError(f"The {section} dataset has no column {column!r} (columns: {names}); set {section}.{key}.")
+            raise TrainConfigError(f"The eval dataset has no column {column!r} (columns: {names}); set eval.{key}.")
 
 
 def zero_shot_accuracy(model, processor, eval_dataset, config: TrainConfig) -> float:
@@ -112,13 +122,54 @@ def launched_processes() -> int:
     return 1
 
 
+# What `accelerate launch` (its flags or an `accelerate config` file) hands the script.
+_LAUNCHER_ENV = {"mixed_precision": "ACCELERATE_MIXED_PRECISION",
+                 "accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS"}
+_DEFAULTS = {"mixed_precision": "no", "accumulation_steps": 1}
+
+
+def resolve_launch_settings(loop: LoopSection, environ: dict | None = None) -> dict[str, dict]:
+    """Mixed precision and gradient accumulation for this run, and where each came from.
+
+    The training config wins when it sets the value (loop.mixed_precision, loop.accumulation_steps are
+    not None); otherwise the launcher's environment (`accelerate launch --mixed_precision`, an
+    `accelerate config` file, ACCELERATE_GRADIENT_ACCUMULATION_STEPS); otherwise "no" / 1.
+    Returns {name: {"value", "source" ("training config" | "launcher" | "default"), "message"}}.
+    """
+    environ = os.environ if environ is None else environ
+    settings = {}
+    for name, variable in _LAUNCHER_ENV.items():
+        configured, launched = getattr(loop, name), environ.get(variable)
+        if launched is not None and name == "accumulation_steps":
+            if not launched.isdigit() or int(launched) < 1:
+                raise TrainConfigError(f"{variable}={launched!r} from the launcher is not a whole number >= 1.")
+            launched = int(launched)
+        elif launched is not None and launched not in ("no", "fp16", "bf16", "fp8"):
+            raise TrainConfigError(f"{variable}={launched!r} from the launcher is not one of no, fp16, bf16, fp8.")
+        if configured is not None:
+            value, source = configured, "training config"
+            message = f"from the training config, loop.{name}"
+            if launched is not None and launched != configured:
+                message += f"; overrides the launcher's {variable}={launched}"
+        elif launched is not None:
+            value, source = launched, "launcher"
+            message = f"from the launcher: {variable}={launched}, set by accelerate launch or an accelerate config file"
+        else:
+            value, source = _DEFAULTS[name], "default"
+            how = "accelerate launch --mixed_precision" if name == "mixed_precision" else variable
+            message = f"default; set loop.{name} or {how}"
+        settings[name] = {"value": value, "source": source, "message": message}
+    return settings
+
+
 def _build_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration
 
     log_with = None if config.log.report_to == "none" else config.log.report_to
     # Parameters no loss term reaches (token reduction under a global loss) must not stall DDP.
+    # mixed_precision is passed resolved (resolve_launch_settings): the config's value, else the launcher's.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # A second train() in the same Python process (notebook, tests) may ask for another precision; the
     # process group (PartialState) is kept.
@@ -131,6 +182,10 @@ def _build_accelerator(config: TrainConfig):
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=config.loop.mixed_precision,
+        # Accumulation is GradCache in train_step (loop.accumulation_steps, resolved above). Accelerate's own would
+        # read ACCELERATE_GRADIENT_ACCUMULATION_STEPS (even over gradient_accumulation_steps=1) and divide every loss
+        # by it in backward(); a plugin of one step is the way to keep it out.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
         log_with=log_with,
         project_config=ProjectConfiguration(project_dir=config.loop.output_dir, logging_dir=str(Path(config.loop.output_dir) / "logs")),
         kwargs_handlers=[ddp],
@@ -194,30 +249,66 @@ def _write_validation_results(config: TrainConfig, accuracy: float, out: Path) -
 
 
 def _export(model, processor, folder: Path) -> None:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    from ..model_folders import save_model_folder
+
+    save_model_folder(folder, model, processor)
 
 
-def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> TrainResult:
+def _finished_run(config: TrainConfig) -> TrainResult | None:
+    """The result of the finished run in loop.output_dir when this one would only resume it (resume=auto)."""
+    out = Path(config.loop.output_dir)
+    marker = out / FINISHED_FILE
+    if config.checkpoint.resume != "auto" or not marker.is_file():
+        return None
+    info = json.loads(marker.read_text(encoding="utf-8"))
+    history_file = out / "history.json"
+    history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.is_file() else []
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{out} holds a finished run ({info['step']} steps; final model in {info['final_model_dir']}): nothing "
+              "to do. To train again, choose a new loop.output_dir, or set checkpoint.resume=none to start over "
+              "here (final/ is then overwritten).")
+    return TrainResult(output_dir=str(out), final_model_dir=info["final_model_dir"],
+                       best_model_dir=info.get("best_model_dir"), history=history,
+                       best_accuracy=info.get("best_accuracy"), already_finished=True,
+                       launch_settings=info.get("launch_settings", {}), skipped_pairs=info.get("skipped_pairs", 0),
+                       global_batch=info.get("global_batch"))
+
+
+def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None,
+          on_step: Callable[[int, int, float], None] | None = None) -> TrainResult:
     """Train a Wukong model with the paper's LiT recipe as configured; resumable.
 
     Args:
-        config: the run (see TrainConfig; validated before anything loads).
-        train_dataset: optional datasets.Dataset / IterableDataset with "image" (PIL) and "caption"
-            columns (names from data.image_column / data.caption_column), replacing data.dataset.
+        config: the run (see TrainConfig; validated before anything loads). Not modified.
+        train_dataset: optional datasets.Dataset / IterableDataset with an image and a caption column
+            (data.image_column / data.caption_column, or found by name), replacing data.dataset.
         eval_dataset: optional datasets.Dataset with image and integer label columns for zero-shot
             validation (class names and templates from config.eval), replacing eval.dataset.
+        on_step: called on the main process after every optimiser step with (step, total_steps,
+            seconds since the first step of this call began).
 
     Returns:
         TrainResult: output_dir, final_model_dir, best_model_dir (or None), history (one dict per
-        logged step: step, loss, lr, temperature, samples_per_s, and val_accuracy when evaluated).
+        logged step: step, loss, lr, temperature, samples_per_s, skipped_pairs, and val_accuracy when
+        evaluated), launch_settings (mixed precision and accumulation with their source), and
+        already_finished (True when loop.output_dir held a finished run and nothing was trained).
     """
     config.validate(has_train_dataset=train_dataset is not None, has_eval_dataset=eval_dataset is not None)
+    finished = _finished_run(config)
+    if finished is not None:
+        return finished
+    launch = resolve_launch_settings(config.loop)
+    # The run as it runs: the launcher's settings written into (a copy of) the config, so train_config.yaml records them.
+    config = dataclasses.replace(config, loop=dataclasses.replace(
+        config.loop, mixed_precision=launch["mixed_precision"]["value"],
+        accumulation_steps=launch["accumulation_steps"]["value"]))
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     lp, out = config.loop, Path(config.loop.output_dir)
     accelerator = _build_accelerator(config)
+    for name, label in (("mixed_precision", "mixed precision"), ("accumulation_steps", "gradient accumulation steps")):
+        accelerator.print(f"{label}: {launch[name]['value']} ({launch[name]['message']})")
     set_seed(lp.seed)
     model, processor = load_model_for_training(config.model)
     locked = config.model.lock_image_tower
@@ -227,23 +318,15 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
     if shards is None and train_dataset is None:
         train_dataset = load_train_dataset(config.data)
     elif train_dataset is not None:
-        _check_columns(train_dataset, [config.data.image_column, config.data.caption_column], "data")
+        _check_train_columns(train_dataset, config.data)
     if eval_dataset is None and config.eval.dataset is not None:
-        eval_dataset = _load_dataset(config.eval.dataset, config.eval.name, config.eval.split)
+        eval_dataset = open_dataset(config.eval.dataset, name=config.eval.name, split=config.eval.split)
     if eval_dataset is not None:
-        _check_columns(eval_dataset, [config.eval.image_column, config.eval.label_column], "eval")
-    augmentation = build_augmentation(config.data.augment)
-    streaming = shards is not None or not hasattr(train_dataset, "__len__")
-    if streaming and lp.max_steps == 0:
-        raise TrainConfigError("A streamed training set has no length: set loop.max_steps.")
-    common = dict(micro_batch=lp.batch_size, accumulation=lp.accumulation_steps, rank=accelerator.process_index,
-                  world_size=accelerator.num_processes, image_column=config.data.image_column,
-                  caption_column=config.data.caption_column, augmentation=augmentation)
-    if not streaming:
-        probe = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle, **common)
-        total_steps = lp.max_steps or lp.epochs * probe.steps_per_epoch
-    else:
-        total_steps = lp.max_steps
+        _check_eval_columns(eval_dataset, config.eval)
+    plan = plan_steps(train_dataset, shards, processor, config.data, micro_batch=lp.batch_size,
+                      accumulation=lp.accumulation_steps, rank=accelerator.process_index,
+                      world_size=accelerator.num_processes, seed=lp.seed, max_steps=lp.max_steps, epochs=lp.epochs)
+    total_steps = plan.total_steps
 
     # ----- optimiser, schedule, resume ---------------------------------------------------------
     step_module = DualEncoderStep(model, lock_image_tower=locked)
@@ -263,26 +346,13 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         accelerator.print(f"resumed from {resume_from} at step {progress.step}")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
+        (out / FINISHED_FILE).unlink(missing_ok=True)  # this run is not finished until it writes it again
         (out / "train_config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     if config.log.report_to != "none":
         accelerator.init_trackers(config.log.project, config=_flat_hparams(config))
 
-    if shards is not None:
-        d = config.data
-        # The section's default column names are the datasets ones; shards use jpg/txt, which the loader finds itself.
-        loader = ShardPairBatches(shards, processor, micro_batch=lp.batch_size, accumulation=lp.accumulation_steps,
-                                  rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                  start_step=progress.step, seed=lp.seed, augment=d.augment, num_workers=d.num_workers,
-                                  image_column=None if d.image_column == "image" else d.image_column,
-                                  caption_column=None if d.caption_column == "caption" else d.caption_column)
-    else:
-        if streaming:
-            source = StreamingPairBatches(train_dataset, processor, start_step=progress.step, seed=lp.seed, **common)
-        else:
-            source = PairBatches(train_dataset, processor, seed=lp.seed, shuffle=config.data.shuffle,
-                                 total_steps=total_steps, **common)
-            source = torch.utils.data.Subset(source, range(progress.step, total_steps))
-        loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=config.data.num_workers)
+    # Built after the resume: its private generator keeps the restored global RNG (dropout's) untouched.
+    loader = plan.loader(progress.step)
     tower_cache = TowerOutputCache() if lp.cache_image_features else None
 
     # ----- steps -------------------------------------------------------------------------------
@@ -291,15 +361,17 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
                disable=not (accelerator.is_local_main_process and config.log.progress_bar))
     step_module.train()
     global_batch = lp.batch_size * lp.accumulation_steps * accelerator.num_processes
-    started = time.perf_counter()
+    started = loop_started = time.perf_counter()
+    skipped_since_log = 0
     batches = iter(loader)
     while progress.step < total_steps:
         micro_batches = next(batches, None)
-        if streaming:
-            micro_batches = aligned_across_processes(micro_batches, lp.accumulation_steps, accelerator)
+        # Every process's micro-batch j cut to the same size (unusable pairs are skipped, streams can end).
+        micro_batches = aligned_across_processes(micro_batches, lp.accumulation_steps, accelerator)
         if micro_batches is None:
             accelerator.print(f"the training stream ended after {progress.step} of {total_steps} steps")
             break
+        skipped_since_log += sum(mb.get("skipped", 0) for mb in micro_batches)
         micro_batches = [{k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in mb.items()}
                          for mb in micro_batches]
         if tower_cache is not None:
@@ -315,18 +387,23 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         bar.update(1)
+        if on_step is not None and accelerator.is_main_process:
+            on_step(progress.step, total_steps, time.perf_counter() - loop_started)
 
         evaluate_now = eval_dataset is not None and (
             (config.eval.every_steps and progress.step % config.eval.every_steps == 0) or progress.step == total_steps
         )
         if progress.step % lp.log_every == 0 or evaluate_now or progress.step == total_steps:
             elapsed = time.perf_counter() - started
+            progress.skipped_pairs += _summed(skipped_since_log, accelerator)
+            skipped_since_log = 0
             record = {
                 "step": progress.step,
                 "loss": float(accelerator.reduce(loss, reduction="mean")),
                 "lr": scheduler.get_last_lr()[0],
                 "temperature": float(1.0 / model.inverse_temperature.detach()),
                 "samples_per_s": global_batch * lp.log_every / max(elapsed, 1e-9),
+                "skipped_pairs": progress.skipped_pairs,
             }
             started = time.perf_counter()
             if evaluate_now:
@@ -344,16 +421,29 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
             bar.set_postfix(loss=f"{record['loss']:.4f}")
         every = config.checkpoint.every_steps
         if every and progress.step % every == 0 and progress.step < total_steps:
+            progress.skipped_pairs += _summed(skipped_since_log, accelerator)
+            skipped_since_log = 0
             progress.scheduler = scheduler.state_dict()
             save_checkpoint(accelerator, out, progress, config.checkpoint.keep_last)
     bar.close()
+    progress.skipped_pairs += _summed(skipped_since_log, accelerator)
+    if progress.skipped_pairs:
+        accelerator.print(f"skipped {progress.skipped_pairs} unusable training pairs (undecodable image or empty "
+                          "caption; the first were logged above); history.json counts them per logged step")
 
     # ----- export --------------------------------------------------------------------------------
     final_dir = out / "final"
+    settings = {name: {k: v for k, v in s.items() if k != "message"} for name, s in launch.items()}
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _export(model, processor, final_dir)
         (out / "history.json").write_text(json.dumps(progress.history, indent=1, ensure_ascii=False), encoding="utf-8")
+        # Written last (also when a stream ended early): a rerun with resume=auto reports it and trains nothing.
+        finished = {"step": progress.step, "final_model_dir": str(final_dir),
+                    "best_model_dir": str(best_dir) if progress.best_accuracy is not None else None,
+                    "best_accuracy": progress.best_accuracy, "launch_settings": settings,
+                    "skipped_pairs": progress.skipped_pairs, "global_batch": global_batch}
+        (out / FINISHED_FILE).write_text(json.dumps(finished, indent=1, ensure_ascii=False), encoding="utf-8")
         if config.hub.push:
             from ..hub import push_model
 
@@ -371,4 +461,14 @@ def train(config: TrainConfig, *, train_dataset=None, eval_dataset=None) -> Trai
         history=progress.history,
         best_accuracy=progress.best_accuracy,
         resumed_from=str(resume_from) if resume_from is not None else None,
+        launch_settings=settings,
+        skipped_pairs=progress.skipped_pairs,
+        global_batch=global_batch,
     )
+
+
+def _summed(count: int, accelerator) -> int:
+    """count summed over all processes (every process calls this at the same point)."""
+    if accelerator.num_processes == 1:
+        return count
+    return int(accelerator.reduce(torch.tensor(count, device=accelerator.device), reduction="sum"))

@@ -74,9 +74,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
 
 
 def build_augmentation(enabled: bool):
-    """torchvision AutoAugment (ImageNet policy) on PIL images, or None when off."""
+    """The paper's augmentation, as the training data pipeline applies it: SeededAutoAugment (torchvision
+    AutoAugment, ImageNet policy, seeded per pair; wukong_hf.data.train_loader), or None when off."""
     if not enabled:
         return None
-    from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+    from ..data.train_loader import SeededAutoAugment
 
-    return AutoAugment(AutoAugmentPolicy.IMAGENET)
+    return SeededAutoAugment()
