@@ -155,7 +155,8 @@ def test_train_py_uses_the_same_handler(capsys, tmp_path, monkeypatch):
 def test_missing_evaluation_dataset(capsys, tmp_path):
     status, line = _run(capsys, ["eval", "zero-shot", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert status == 2
-    assert line == f"wukong eval zero-shot: error: Couldn't find any data file at {tmp_path / 'nope'}."
+    assert line == (f"wukong eval zero-shot: error: Dataset folder {tmp_path / 'nope'} does not exist; give a save_to_disk "
+                    "folder, a dataset repository folder or a Hub id.")
 
 
 def test_debug_shows_the_exception_instead(image, tmp_path):
