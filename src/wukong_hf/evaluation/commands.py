@@ -32,6 +32,7 @@ def _finish(result: dict, args) -> int:
 def _cmd_zero_shot(args) -> int:
     from .image_sources import hf_dataset_images, image_folder_images, imagenet_val_images
     from .prompts import load_classnames, load_templates
+    from .text_feature_cache import default_text_cache_dir
     from .zero_shot import zero_shot_classification
 
     if args.image_folder:
@@ -59,6 +60,7 @@ def _cmd_zero_shot(args) -> int:
         batch_size=args.batch_size,
         dataset_name=args.dataset_name,
         split=args.split,
+        text_cache=None if args.no_text_cache else (args.text_cache or default_text_cache_dir()),
     )
     return _finish(result, args)
 
@@ -124,6 +126,8 @@ def register(subparsers) -> None:
     z.add_argument("--templates", default="imagenet1k", help="'imagenet1k' (80 Chinese templates), 'none', or a file with {c} slots")
     z.add_argument("--ensemble", choices=("embedding", "similarity", "probability"), help="default: embedding (global), similarity (token-wise)")
     z.add_argument("--dataset-name", default="custom", help="dataset name in reports (e.g. imagenet1k-cn)")
+    z.add_argument("--text-cache", help="folder of cached prompt features (default: $WUKONG_HF_TEXT_CACHE or ~/.cache/wukong_hf/text_features)")
+    z.add_argument("--no-text-cache", action="store_true", help="encode every prompt, read and write no cache")
     z.set_defaults(func=_cmd_zero_shot)
 
     r = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 and MR")
