@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "wukong_hf.training.commands",  # train (issue 6)
     "wukong_hf.convert.commands",  # convert original / chinese-clip, push (issue 7)
     "wukong_hf.demo",  # demo, visualize (issue 8)
+    "wukong_hf.embed_commands",  # embed images / texts (issue 18)
 ]
 
 

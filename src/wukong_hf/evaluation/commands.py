@@ -74,9 +74,18 @@ def _read_set(args):
 def _cmd_retrieval(args) -> int:
     from .retrieval import evaluate_retrieval
 
+    from .embeddings import load_embeddings
+
     dataset = _read_set(args)
-    model, processor = load_model_and_processor(args.model, args.preset)
-    result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size, shortlist=args.shortlist)
+    images = load_embeddings(args.image_features) if args.image_features else None
+    texts = load_embeddings(args.text_features) if args.text_features else None
+    if images and texts and not args.model:  # both sides from files: no model to load
+        model, processor = None, None
+        args.model = images.metadata.get("model") or args.image_features
+    else:
+        model, processor = load_model_and_processor(args.model, args.preset)
+    result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size, shortlist=args.shortlist,
+                                image_embeddings=images, text_embeddings=texts)
     return _finish(result, args)
 
 
@@ -134,6 +143,8 @@ def register(subparsers) -> None:
     _add_model_args(r)
     _add_set_args(r)
     r.add_argument("--shortlist", type=int, help="token-wise models: re-rank the global top-K instead of exact scoring")
+    r.add_argument("--image-features", help="features file from `wukong embed images` (looked up by image id, not encoded)")
+    r.add_argument("--text-features", help="features file from `wukong embed texts` (looked up by text id, not encoded)")
     r.set_defaults(func=_cmd_retrieval)
 
     m = sub.add_parser("make-dataset", help="convert a retrieval set into a dataset repository folder (Parquet + card)")

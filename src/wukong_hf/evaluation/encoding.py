@@ -55,10 +55,11 @@ def model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _kept(features, model):
-    # Cached on the CPU in float32; token features only where the model's scores read them.
+def _kept(features, model, keep_tokens: bool | None = None):
+    # Cached on the CPU in float32; token features only where the model's scores read them (or asked for).
     features = features.to("cpu", torch.float32)
-    return features if model.similarity_rule.uses_tokens else features.without_tokens()
+    keep = model.similarity_rule.uses_tokens if keep_tokens is None else keep_tokens
+    return features if keep and features.token_embeds is not None else features.without_tokens()
 
 
 def pad_text_tokens(features: WukongTextFeatures, length: int) -> WukongTextFeatures:
@@ -100,6 +101,7 @@ def encode_images(
     batch_size: int = 64,
     desc: str = "images",
     progress: bool = True,
+    keep_tokens: bool | None = None,
 ) -> tuple[WukongImageFeatures, list[int], list[tuple[int, str]]]:
     """Encode images once each.
 
@@ -109,6 +111,7 @@ def encode_images(
         loaders: one zero-argument callable per image returning a PIL image (lazy, so memory
             holds two batches of pixels at a time: the one encoded and the one being read).
         progress: show a tqdm bar.
+        keep_tokens: keep token features (default: when the model's similarity rule reads them).
 
     Returns:
         (features of the readable images in input order, their input indices,
@@ -128,7 +131,7 @@ def encode_images(
                 pending = reader.submit(_load_batch, loaders, stop, min(stop + batch_size, len(loaders)), processor)
             skipped.extend(failed)
             if pixels is not None:
-                banks.append(_kept(model.encode_image(pixels.to(device)), model))
+                banks.append(_kept(model.encode_image(pixels.to(device)), model, keep_tokens))
                 kept.extend(indices)
             bar.update(stop - start)
     bar.close()
@@ -146,6 +149,7 @@ def encode_texts(
     desc: str = "texts",
     progress: bool = True,
     sort_by_length: bool = True,
+    keep_tokens: bool | None = None,
 ) -> WukongTextFeatures:
     """Encode texts once each (over-long texts are truncated to the model's length).
 
@@ -154,6 +158,7 @@ def encode_texts(
         processor: its WukongProcessor. texts: N strings.
         sort_by_length: batch texts of similar length together (fewer padded positions); the
             features come back in input order either way.
+        keep_tokens: keep token features (default: when the model's similarity rule reads them).
 
     Returns:
         Features of len(texts) in input order; token features (token-wise models) have as many
@@ -178,7 +183,7 @@ def encode_texts(
             input_ids[r, : lengths[i]] = torch.as_tensor(token_ids[i])
             attention_mask[r, : lengths[i]] = 1
         features = model.encode_text(input_ids.to(device), attention_mask.to(device))
-        banks.append(pad_text_tokens(_kept(features, model), longest))
+        banks.append(pad_text_tokens(_kept(features, model, keep_tokens), longest))
     features = WukongTextFeatures.concat(banks)
     if sort_by_length:
         features = features.select(torch.argsort(order))

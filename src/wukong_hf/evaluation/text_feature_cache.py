@@ -35,7 +35,7 @@ from ..features import WukongTextFeatures
 from .encoding import encode_texts
 from .fingerprints import tokenizer_fingerprint, tower_fingerprint
 
-__all__ = ["TextFeatureCache", "default_text_cache_dir", "as_text_cache", "CACHE_ENV", "CACHE_FORMAT"]
+__all__ = ["TextFeatureCache", "default_text_cache_dir", "default_cache_root", "as_text_cache", "CACHE_ENV", "CACHE_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,17 @@ _OFF = {"off", "0", "false", "no", "none"}
 _TENSORS = ("embeds", "token_embeds", "token_mask", "has_padding")
 
 
+def default_cache_root() -> Path:
+    """`$XDG_CACHE_HOME/wukong_hf` (`~/.cache/wukong_hf`): where wukong-hf keeps what it can make again."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wukong_hf"
+
+
 def default_text_cache_dir() -> Path | None:
-    """`$WUKONG_HF_TEXT_CACHE` ("off" -> None), else `$XDG_CACHE_HOME/wukong_hf/text_features` or `~/.cache/...`."""
+    """`$WUKONG_HF_TEXT_CACHE` ("off" -> None), else `default_cache_root() / "text_features"`."""
     value = os.environ.get(CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in _OFF else Path(value).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "wukong_hf" / "text_features"
+    return default_cache_root() / "text_features"
 
 
 def as_text_cache(value) -> "TextFeatureCache | None":
