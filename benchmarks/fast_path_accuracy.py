@@ -76,9 +76,9 @@ def main() -> None:
     if "bf16" not in skip:
         paths["bf16 autocast"] = Bf16Autocast(model)
     rows = {name: evaluate(encoder, processor, held_out, generator.labels) for name, encoder in paths.items()}
-    reference = rows["PyTorch fp32 (reference)"]
+    reference = dict(rows["PyTorch fp32 (reference)"])
     for row in rows.values():
-        row.update({f"delta_{k}": round(row[k] - reference[k], 2) for k in list(reference)})
+        row.update({f"delta_{k}": round(row[k] - reference[k], 2) for k in reference})
     result = {"machine": MACHINE, "model": args.model, "similarity": model.config.similarity,
               "held_out_images": len(held_out), "classes": len(generator.labels), "templates": ZERO_SHOT_TEMPLATES,
               "rows": rows, "load_average_end": [round(x, 2) for x in os.getloadavg()]}

@@ -83,7 +83,11 @@ def tokenizer_fingerprint(processor) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        digest.update(backend.to_str().encode())
+        # transformers sets the Rust tokenizer's padding/truncation state at every call: not part of what it is.
+        definition = json.loads(backend.to_str())
+        definition.pop("padding", None)
+        definition.pop("truncation", None)
+        digest.update(json.dumps(definition, sort_keys=True, ensure_ascii=False).encode())
     else:  # a slow tokenizer: its vocabulary and class say what it does
         digest.update(type(tokenizer).__name__.encode())
         digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
