@@ -88,3 +88,22 @@ def test_bad_inputs_get_the_model_errors(exported):
 def test_missing_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no ONNX export"):
         OnnxEncoder.load(tmp_path)
+
+
+def test_cli_embed_with_the_onnx_backend_writes_the_model_features(tmp_path, capsys):
+    from wukong_hf.cli import main
+    from wukong_hf.evaluation.embeddings import load_embeddings
+
+    model, processor = make_tiny("tiny-token-wise")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    (tmp_path / "captions.txt").write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
+    common = ["--captions", str(tmp_path / "captions.txt"), "--model", str(tmp_path / "model")]
+    assert main(["embed", "texts", *common, "--backend", "onnx", "--onnx-dir", str(tmp_path / "onnx"),
+                 "--output", str(tmp_path / "onnx.safetensors")]) == 0
+    assert "ONNX Runtime backend" in capsys.readouterr().out
+    assert main(["embed", "texts", *common, "--output", str(tmp_path / "torch.safetensors")]) == 0
+    onnx, torch_file = load_embeddings(tmp_path / "onnx.safetensors"), load_embeddings(tmp_path / "torch.safetensors")
+    assert onnx.ids == torch_file.ids and onnx.fingerprint == torch_file.fingerprint
+    assert torch.allclose(onnx.features.embeds, torch_file.features.embeds, atol=1e-5)
+    assert torch.allclose(onnx.features.token_embeds, torch_file.features.token_embeds, atol=1e-5)
