@@ -237,6 +237,20 @@ def score_checks(ours, token_wise, processor, jpegs, texts, encoders: dict) -> d
     return checks
 
 
+def positions_fed(processor, texts: list[str], batch: int) -> dict:
+    """Text positions the tower runs on per caption (machine-independent): padded to 32, to each
+    batch's longest in input order, and to each batch's longest after sorting by length."""
+    lengths = [len(ids) for ids in processor(text=texts, padding=False, return_tensors=None)["input_ids"]]
+
+    def per_caption(order):
+        batches = [order[i:i + batch] for i in range(0, len(order), batch)]
+        return round(sum(max(lengths[j] for j in b) * len(b) for b in batches) / len(lengths), 2)
+
+    return {"real_tokens": round(sum(lengths) / len(lengths), 2), "padded_to_32": float(processor.max_length),
+            "batch_longest_input_order": per_caption(list(range(len(lengths)))),
+            "batch_longest_sorted": per_caption(sorted(range(len(lengths)), key=lambda j: -lengths[j]))}
+
+
 def share_of_head(model, processor, jpegs, texts) -> dict:
     """How much of encode_image / encode_text a global model spends in the per-token head it does not need."""
     pixels = processor(images=[open_rgb(b) for b in jpegs])["pixel_values"]
@@ -272,7 +286,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated: onnx, int8, bf16, layout (channels_last, inference_mode)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the towers (minutes of compiling)")
+    parser.add_argument("--counts-only", action="store_true",
+                        help="only add the (untimed) text positions fed to the tower to an existing --out file")
     args = parser.parse_args()
+    if args.counts_only:
+        processor = WukongProcessor.from_defaults()
+        result = json.loads(Path(args.out).read_text(encoding="utf-8"))
+        all_prompts = [fill_template(t, c) for c in load_classnames("imagenet1k") for t in load_templates("imagenet1k")]
+        result["text_positions_per_caption"] = {
+            "ImageNet prompts (benchmark sample)": positions_fed(processor, prompt_texts(args.captions), args.text_batch_size),
+            "Wukong-length captions (benchmark sample)": positions_fed(processor, caption_texts(processor, args.captions),
+                                                                       args.text_batch_size),
+            "all 80,000 ImageNet prompts, batch 256 (zero-shot)": positions_fed(processor, all_prompts, 256),
+        }
+        Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(json.dumps(result["text_positions_per_caption"], indent=1))
+        return
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     torch.set_num_threads(args.threads)
     if args.tiny:
