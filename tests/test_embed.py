@@ -105,7 +105,7 @@ def test_another_model_or_input_does_not_continue_an_unfinished_run(tmp_path):
     with pytest.raises(ValueError, match="unfinished run"):
         embed_images(model, processor, loaders(images), list("abce"), out, shard_size=2, progress=False)
     embed_images(other, processor, loaders(images), list("abcd"), out, shard_size=2, progress=False, overwrite=True)
-    with pytest.raises(FileExistsError, match="pass --overwrite"):
+    with pytest.raises(ValueError, match="exists already; pass --overwrite"):
         embed_images(other, processor, loaders(images), list("abcd"), out, shard_size=2, progress=False)
 
 

@@ -180,7 +180,7 @@ def _run(
     if len(set(ids)) != len(ids):
         raise ValueError(f"The {modality} ids are not unique; every item needs its own id.")
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists already; pass --overwrite (overwrite=True) to replace it.")
+        raise ValueError(f"{output} exists already; pass --overwrite (overwrite=True) to replace it.")
     partial = output.with_name(output.name + ".partial")
     fingerprints = model_fingerprint(model)
     fingerprint = fingerprints[modality]
@@ -222,7 +222,7 @@ def _run(
 
     done = [finished(p) for p in shard_paths]
     already = sum(min(shard_size, len(ids) - s) for s, d in zip(starts, done) if d)
-    bar = tqdm(total=len(ids), initial=already, desc=f"embedding {modality}s", unit=modality[:3], disable=not progress)
+    bar = tqdm(total=len(ids), initial=already, desc=f"embedding {modality}s", unit={"image": "img", "text": "text"}[modality], disable=not progress)
     if already:
         logger.info("resuming %s: %d of %d %ss already embedded", output, already, len(ids), modality)
     for start, path, is_done in zip(starts, shard_paths, done):
@@ -301,12 +301,17 @@ def embed_images(
 
     def encode_shard(start: int, stop: int):
         chunk = list(loaders[start:stop])
+        quiet = logging.getLogger("wukong_hf.evaluation.encoding")  # it would name shard-local indices;
+        level = quiet.level  # the file's own warning names the ids at the end
+        quiet.setLevel(logging.ERROR)
         try:
             features, kept, skipped = encode_images(model, processor, chunk, batch_size, progress=False, keep_tokens=keep)
         except ValueError as err:
             if "No features to concatenate" not in str(err):
                 raise
             return None, [], [(start + i, "unreadable image") for i in range(len(chunk))]
+        finally:
+            quiet.setLevel(level)
         return features, [start + i for i in kept], [(start + i, reason) for i, reason in skipped]
 
     return _run("image", model, list(ids), encode_shard, output, shard_size, keep, overwrite, progress, model_name)
