@@ -1,4 +1,7 @@
-"""The prepared GPU check: one command, at most about 8 minutes on one GPU (H100/H200 class).
+"""The prepared GPU check: one command for one H100/H200-class GPU, sized to finish in about 8 minutes.
+
+Not yet run on a GPU: the sizes come from FLOP counts, and --budget-s stops starting sections once
+the time is spent.
 
 1. Training step: ViT-L/14 LiT token-wise (image tower locked, token-wise InfoNCE through
    DualEncoderStep/train_step) at batch 256 under bf16 autocast, vs transformers'
