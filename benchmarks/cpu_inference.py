@@ -16,7 +16,7 @@ encode_texts), and the options measured for it: torch.inference_mode, channels_l
 --compile torch.compile. Score checks: global and token-wise logits of the exact paths against
 the "before" path (relative max difference), and how far the non-exact ones move them.
 
-    python benchmarks/cpu_inference.py                 # about 15-25 minutes on 2 shared cores
+    python benchmarks/cpu_inference.py                 # about an hour on 2 heavily shared cores
     python benchmarks/cpu_inference.py --tiny --rounds 1 --out /tmp/x.json   # seconds (the tests)
 """
 

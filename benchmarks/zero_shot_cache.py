@@ -11,7 +11,7 @@ Model: the paper's ViT-B/32 + 12-layer BERT (width 768) global preset, random we
 folder first (no download); global scoring with the embedding ensemble (the paper's choice for
 global models), so scoring is cheap and the text tower is what the cache saves.
 
-    python benchmarks/zero_shot_cache.py                # about 25 minutes on 2 shared cores
+    python benchmarks/zero_shot_cache.py                # about 35 minutes on 2 heavily shared cores
     python benchmarks/zero_shot_cache.py --tiny --out /tmp/x.json   # seconds (the tests)
 """
 
