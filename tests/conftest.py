@@ -1,9 +1,12 @@
 """Shared fixtures: tiny models from presets, generated images. No test touches the network."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# CLI runs in the tests cache prompt features in a throw-away folder, never in ~/.cache.
+os.environ.setdefault("WUKONG_HF_TEXT_CACHE", tempfile.mkdtemp(prefix="wukong-text-cache-"))
 
 import numpy as np
 import pytest

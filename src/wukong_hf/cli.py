@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "wukong_hf.convert.commands",  # convert original / chinese-clip / image-tower, push
     "wukong_hf.demo",  # demo, visualize
     "wukong_hf.space.commands",  # space: the Gradio app
+    "wukong_hf.embed_commands",  # embed images / texts
 ]
 
 

@@ -25,7 +25,7 @@ def _check_outputs(args, task: str) -> None:
         _valid_repo_id(args.push_results)
 
 
-def _run_config(args, model, **task_config) -> dict:
+def _run_config(args, similarity: str, **task_config) -> dict:
     """The run's configuration for results.json: what was evaluated, on what, and how."""
     import importlib.metadata
 
@@ -35,7 +35,7 @@ def _run_config(args, model, **task_config) -> dict:
     metric = load_metric("wukong_zero_shot" if "templates" in task_config else "wukong_retrieval")
     return {
         "model": model_provenance(args.model, None if args.model else args.preset),
-        "similarity": model.config.similarity,
+        "similarity": similarity,
         **task_config,
         "batch_size": args.batch_size,
         "tie_rule": TIE_RULE,
@@ -68,6 +68,7 @@ def _finish(result: dict, args, config: dict) -> int:
 def _cmd_zero_shot(args) -> int:
     from .image_sources import hf_dataset_images, image_folder_images, imagenet_val_images
     from .prompts import load_classnames, load_templates
+    from .text_feature_cache import default_text_cache_dir
     from .zero_shot import zero_shot_classification
 
     _check_outputs(args, "zero-shot-classification")
@@ -100,10 +101,12 @@ def _cmd_zero_shot(args) -> int:
         batch_size=args.batch_size,
         dataset_name=dataset_name,
         split=split,
+        text_cache=None if args.no_text_cache else (args.text_cache or default_text_cache_dir()),
     )
     result["dataset_source"] = str(source)
     config = _run_config(
-        args, model,
+        args, result["similarity"],
+        token_wise_padding=result.get("token_wise_padding"),
         dataset={"name": dataset_name, "source": str(source), "split": split},
         classnames={"source": args.classnames or "folder / ClassLabel names", "names": classnames},
         templates={"source": args.templates, "templates": templates},
@@ -121,17 +124,28 @@ def _read_set(args):
 def _cmd_retrieval(args) -> int:
     from .retrieval import evaluate_retrieval
 
+    from .embeddings import load_embeddings
+
     _check_outputs(args, "image-text-retrieval")
     dataset = _read_set(args)
-    model, processor = load_model_and_processor(args.model, args.preset)
-    result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size, shortlist=args.shortlist)
+    images = load_embeddings(args.image_features) if args.image_features else None
+    texts = load_embeddings(args.text_features) if args.text_features else None
+    if images and texts and not args.model:  # both sides from files: no model to load
+        model, processor = None, None
+        args.model = images.metadata.get("model") or args.image_features
+    else:
+        model, processor = load_model_and_processor(args.model, args.preset)
+    result = evaluate_retrieval(model, processor, dataset, batch_size=args.batch_size, shortlist=args.shortlist,
+                                image_embeddings=images, text_embeddings=texts)
     result["dataset_source"] = str(args.data)
     config = _run_config(
-        args, model,
+        args, result["similarity"],
+        token_wise_padding=result.get("token_wise_padding"),
         dataset={"name": dataset.name, "source": str(args.data), "format": args.format, "split": dataset.split,
                  "images": args.images, "split_file": args.split_file},
         directions=list(dataset.directions),
         shortlist=args.shortlist,
+        features_from_files={"images": args.image_features, "texts": args.text_features},
     )
     return _finish(result, args, config)
 
@@ -196,12 +210,16 @@ def register(subparsers) -> None:
     z.add_argument("--ensemble", choices=("embedding", "similarity", "probability"), help="default: embedding (global), similarity (token-wise)")
     z.add_argument("--dataset-name", help="dataset name in reports, e.g. imagenet1k-cn (default: the --dataset id or folder name; "
                    "imagenet-1k for --imagenet-val)")
+    z.add_argument("--text-cache", help="folder of cached prompt features (default: $WUKONG_HF_TEXT_CACHE or ~/.cache/wukong_hf/text_features)")
+    z.add_argument("--no-text-cache", action="store_true", help="encode every prompt, read and write no cache")
     z.set_defaults(func=_cmd_zero_shot)
 
     r = sub.add_parser("retrieval", help="image-text retrieval R@1/5/10 and MR")
     _add_model_args(r)
     _add_set_args(r)
     r.add_argument("--shortlist", type=int, help="token-wise models: re-rank the global top-K instead of exact scoring")
+    r.add_argument("--image-features", help="features file from `wukong embed images` (looked up by image id, not encoded)")
+    r.add_argument("--text-features", help="features file from `wukong embed texts` (looked up by text id, not encoded)")
     r.set_defaults(func=_cmd_retrieval)
 
     u = sub.add_parser("push-results", help="append the results of `wukong eval` runs to a model's card on the Hub")

@@ -166,14 +166,29 @@ def evaluate_retrieval(
     batch_size: int = 64,
     shortlist: int | None = None,
     image_block_size: int = 128,
+    image_embeddings=None,
+    text_embeddings=None,
 ) -> dict:
     """Encode a retrieval set once and report R@1/5/10 per direction and MR.
+
+    image_embeddings / text_embeddings: Embeddings read with `load_embeddings` (`wukong embed`);
+    the set's images / texts are looked up there by id instead of being encoded. With both, no
+    model is needed (model and processor may be None) and the file's SimilarityRule scores.
 
     Returns {"metrics": {...}, "num_images", "num_texts", "skipped_rows", "skipped_images", ...};
     MUGE-style sets (dataset.directions == ("t2i",)) report text-to-image only, MR over three.
     """
+    from .embeddings import check_embeddings
+
     started = time.perf_counter()
-    image_bank, kept, unreadable = encode_images(model, processor, dataset.image_loaders, batch_size=batch_size)
+    rule = check_embeddings(model, image_embeddings, text_embeddings)
+    if image_embeddings is not None:  # images unreadable when the file was written stay skipped, as when encoding
+        unreadable_then = image_embeddings.skipped_ids()
+        kept = [i for i, id_ in enumerate(dataset.image_ids) if id_ not in unreadable_then]
+        unreadable = [(i, unreadable_then[id_]) for i, id_ in enumerate(dataset.image_ids) if id_ in unreadable_then]
+        image_bank = image_embeddings.select_ids([dataset.image_ids[i] for i in kept])
+    else:
+        image_bank, kept, unreadable = encode_images(model, processor, dataset.image_loaders, batch_size=batch_size)
     new_index = {old: new for new, old in enumerate(kept)}
     text_keep, text_images = [], []
     for j, images in enumerate(dataset.text_images):
@@ -183,16 +198,19 @@ def evaluate_retrieval(
             text_images.append(present)
     if not text_keep:
         raise ValueError(f"No text of {dataset.name} has a readable image; check the image files.")
-    text_bank = encode_texts(model, processor, [dataset.texts[j] for j in text_keep], batch_size=4 * batch_size)
+    if text_embeddings is not None:
+        text_bank = text_embeddings.select_ids([dataset.text_ids[j] for j in text_keep])
+    else:
+        text_bank = encode_texts(model, processor, [dataset.texts[j] for j in text_keep], batch_size=4 * batch_size)
     metrics = retrieval_from_features(
-        image_bank, text_bank, text_images, model.similarity_rule, dataset.directions, shortlist, image_block_size
+        image_bank, text_bank, text_images, rule, dataset.directions, shortlist, image_block_size
     )
     return {
         "task": "image-text-retrieval",
         "dataset": dataset.name,
         "split": dataset.split,
-        "similarity": model.similarity_rule.kind,
-        "token_wise_padding": model.similarity_rule.padding,
+        "similarity": rule.kind,
+        "token_wise_padding": rule.padding,
         "directions": list(dataset.directions),
         "shortlist": shortlist,
         "num_images": len(kept),

@@ -14,6 +14,7 @@ paper's choice for its head).
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from .encoding import encode_images, encode_texts
 from .image_sources import LabelledImages
 from .metrics import classification_metrics
 from .prompts import fill_template
+from .text_feature_cache import as_text_cache
 
 __all__ = ["ENSEMBLE_METHODS", "ensemble_class_scores", "zero_shot_classification"]
 
@@ -84,6 +86,7 @@ def zero_shot_classification(
     image_block_size: int = 256,
     dataset_name: str = "custom",
     split: str = "test",
+    text_cache=None,
 ) -> dict:
     """Zero-shot top-1/top-5 and mean per-class recall, single prompt and template ensemble.
 
@@ -94,6 +97,9 @@ def zero_shot_classification(
         ensemble: ensemble method; None uses the model's own (config.ensemble_method: its
             zero_shot_ensemble, or the paper's choice for its head).
         dataset_name, split: how the result names the data in reports.
+        text_cache: None (encode every prompt), True (the default cache folder, see
+            text_feature_cache), a folder, or a TextFeatureCache: prompt features are read from
+            it when this text tower, tokenizer and prompt list were encoded before.
 
     Returns:
         {"single_prompt": metrics, "ensemble": metrics or None, "skipped_images": [...], ...}
@@ -111,10 +117,12 @@ def zero_shot_classification(
     started = time.perf_counter()
     image_bank, kept, skipped = encode_images(model, processor, images.loaders, batch_size=batch_size)
     labels = torch.as_tensor([images.labels[i] for i in kept])
+    cache = as_text_cache(text_cache)
+    encode_prompts = cache.encoder_for(model, processor) if cache else partial(encode_texts, model, processor)
 
     def evaluate(prompt_templates: list[str], method: str) -> dict[str, float]:
         texts = [fill_template(t, c) for c in classnames for t in prompt_templates]
-        prompts = encode_texts(model, processor, texts, desc=f"{len(prompt_templates)} prompt(s) x {len(classnames)} classes")
+        prompts = encode_prompts(texts, desc=f"{len(prompt_templates)} prompt(s) x {len(classnames)} classes")
         scores = ensemble_class_scores(image_bank, prompts, len(classnames), rule, method, image_block_size=image_block_size)
         return classification_metrics(scores, labels, len(classnames))
 
@@ -133,5 +141,6 @@ def zero_shot_classification(
         "single_prompt": single,
         "ensemble": ensembled,
         "skipped_images": [{"id": images.ids[i], "reason": reason} for i, reason in skipped],
+        "text_cache": None if cache is None else {"folder": str(cache.folder), "hits": cache.hits, "misses": cache.misses},
         "seconds": round(time.perf_counter() - started, 2),
     }
