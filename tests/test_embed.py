@@ -136,15 +136,15 @@ def test_cli_embed_then_retrieval_from_files_equals_encoding(tmp_path, capsys):
     data = write_chinese_clip(tmp_path / "set")
     model = write_model(tmp_path)
     common = ["--format", "chinese-clip", "--data", str(data), "--split", "valid", "--model", model]
-    assert main(["embed", "images", *common, "--output", str(tmp_path / "i.safetensors"), "--shard-size", "2"]) == 0
-    assert main(["embed", "texts", *common, "--output", str(tmp_path / "t.safetensors")]) == 0
+    assert main(["embed", "images", *common, "--out", str(tmp_path / "i.safetensors"), "--shard-size", "2"]) == 0
+    assert main(["embed", "texts", *common, "--out", str(tmp_path / "t.safetensors")]) == 0
     assert "wrote 3 image embeddings (global and token features" in capsys.readouterr().out
     evaluate = ["eval", "retrieval", "--format", "chinese-clip", "--data", str(data), "--split", "valid"]
-    assert main([*evaluate, "--model", model, "--output", str(tmp_path / "encoded")]) == 0
+    assert main([*evaluate, "--model", model, "--out", str(tmp_path / "encoded")]) == 0
     assert main([*evaluate, "--image-features", str(tmp_path / "i.safetensors"), "--text-features",
-                 str(tmp_path / "t.safetensors"), "--output", str(tmp_path / "from-files")]) == 0
+                 str(tmp_path / "t.safetensors"), "--out", str(tmp_path / "from-files")]) == 0
     assert main([*evaluate, "--model", model, "--image-features", str(tmp_path / "i.safetensors"),
-                 "--output", str(tmp_path / "half")]) == 0
+                 "--out", str(tmp_path / "half")]) == 0
     results = [json.loads((tmp_path / name / "results.json").read_text(encoding="utf-8"))
                for name in ("encoded", "from-files", "half")]
     assert results[0]["metrics"] == results[1]["metrics"] == results[2]["metrics"]
@@ -155,10 +155,10 @@ def test_cli_retrieval_rejects_features_of_another_model(tmp_path, capsys):
     data = write_chinese_clip(tmp_path / "set")
     model, other = write_model(tmp_path), write_model(tmp_path, seed=1)
     common = ["--format", "chinese-clip", "--data", str(data), "--split", "valid"]
-    assert main(["embed", "images", *common, "--model", model, "--output", str(tmp_path / "i.safetensors")]) == 0
-    assert main(["embed", "texts", *common, "--model", other, "--output", str(tmp_path / "t.safetensors")]) == 0
+    assert main(["embed", "images", *common, "--model", model, "--out", str(tmp_path / "i.safetensors")]) == 0
+    assert main(["embed", "texts", *common, "--model", other, "--out", str(tmp_path / "t.safetensors")]) == 0
     capsys.readouterr()
-    evaluate = ["eval", "retrieval", *common, "--output", str(tmp_path / "out")]
+    evaluate = ["eval", "retrieval", *common, "--out", str(tmp_path / "out")]
     assert main([*evaluate, "--model", other, "--image-features", str(tmp_path / "i.safetensors")]) == 2
     assert "made by another image tower than this model's" in capsys.readouterr().err
     assert main([*evaluate, "--image-features", str(tmp_path / "i.safetensors"), "--text-features",
@@ -178,13 +178,13 @@ def test_cli_embed_folder_and_captions_file(tmp_path, capsys):
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     (tmp_path / "captions.txt").write_text("一张猫的照片\n\n狗\n", encoding="utf-8")
     model = write_model(tmp_path, "tiny-global")
-    assert main(["embed", "images", "--folder", str(folder), "--model", model, "--output", str(tmp_path / "i.safetensors"),
+    assert main(["embed", "images", "--folder", str(folder), "--model", model, "--out", str(tmp_path / "i.safetensors"),
                  "--tokens"]) == 0
     images = load_embeddings(tmp_path / "i.safetensors")
     assert images.ids == ["0.png", "1.png", "sub/2.png"] and images.skipped[0]["id"] == "broken.jpg"
     assert images.features.token_embeds is not None  # --tokens keeps them for a global model too
     assert main(["embed", "texts", "--captions", str(tmp_path / "captions.txt"), "--model", model,
-                 "--output", str(tmp_path / "t.safetensors")]) == 0
+                 "--out", str(tmp_path / "t.safetensors")]) == 0
     texts = load_embeddings(tmp_path / "t.safetensors")
     assert texts.ids == ["1", "3"] and texts.features.token_embeds is None  # blank line 2 is no caption
 
@@ -195,7 +195,7 @@ def test_cli_embed_dataset_captions(tmp_path):
     datasets.Dataset.from_dict({"caption": ["猫", "狗"], "key": ["a", "b"]}).save_to_disk(str(tmp_path / "ds"))
     model = write_model(tmp_path, "tiny-global")
     assert main(["embed", "texts", "--dataset", str(tmp_path / "ds"), "--id-column", "key", "--model", model,
-                 "--output", str(tmp_path / "t.safetensors")]) == 0
+                 "--out", str(tmp_path / "t.safetensors")]) == 0
     assert load_embeddings(tmp_path / "t.safetensors").ids == ["a", "b"]
 
 
@@ -212,7 +212,7 @@ def test_cli_embed_bad_input_says_what_to_do(tmp_path, capsys, args, message):
     (tmp_path / "blank.txt").write_text("\n  \n", encoding="utf-8")
     datasets.Dataset.from_dict({"caption": ["猫"]}).save_to_disk(str(tmp_path / "ds"))
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    assert main(["embed", *args, "--preset", "tiny-global", "--output", str(tmp_path / "o.safetensors")]) == 2
+    assert main(["embed", *args, "--preset", "tiny-global", "--out", str(tmp_path / "o.safetensors")]) == 2
     assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
 
 

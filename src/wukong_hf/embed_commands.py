@@ -1,10 +1,10 @@
 """`wukong embed images|texts`: a collection -> one safetensors file of features, resumable.
 
-    wukong embed images --folder photos/ --model M --output photos.safetensors [--tokens] [--backend onnx]
-    wukong embed texts --captions captions.txt --model M --output captions.safetensors
-    wukong embed images --format chinese-clip --data MUGE --split valid --model M --output muge-images.safetensors
+    wukong embed images --folder photos/ --model M --out photos.safetensors [--tokens] [--backend onnx]
+    wukong embed texts --captions captions.txt --model M --out captions.safetensors
+    wukong embed images --format chinese-clip --data MUGE --split valid --model M --out muge-images.safetensors
     wukong eval retrieval --format chinese-clip --data MUGE --split valid --name muge --model M \
-        --image-features muge-images.safetensors --text-features muge-texts.safetensors --output runs/muge
+        --image-features muge-images.safetensors --text-features muge-texts.safetensors --out runs/muge
 
 Kill it and run the same command again: it continues from the last finished shard.
 The library functions are in wukong_hf.evaluation.embeddings.
@@ -13,6 +13,8 @@ The library functions are in wukong_hf.evaluation.embeddings.
 from __future__ import annotations
 
 from pathlib import Path
+
+from .cli import add_output_argument
 
 __all__ = ["register"]
 
@@ -71,7 +73,7 @@ def _captions_dataset(path: str, split: str, column: str, id_column: str | None)
 
 
 def _encoder(args):
-    from .evaluation.commands import load_model_and_processor
+    from .model_folders import load_model_and_processor
 
     model, processor = load_model_and_processor(args.model, args.preset)
     if args.backend == "onnx":
@@ -109,7 +111,7 @@ def _cmd_images(args) -> int:
         dataset = _read_set(args)
         loaders, ids = dataset.image_loaders, dataset.image_ids
     encoder, processor = _encoder(args)
-    path = embed_images(encoder, processor, loaders, ids, args.output, batch_size=args.batch_size,
+    path = embed_images(encoder, processor, loaders, ids, args.out, batch_size=args.batch_size,
                         shard_size=args.shard_size, keep_tokens=args.tokens or None, overwrite=args.overwrite,
                         model_name=args.model or f"{args.preset} (random init)")
     return _finish(path)
@@ -126,7 +128,7 @@ def _cmd_texts(args) -> int:
         dataset = _read_set(args)
         texts, ids = dataset.texts, dataset.text_ids
     encoder, processor = _encoder(args)
-    path = embed_texts(encoder, processor, texts, ids, args.output, batch_size=args.batch_size,
+    path = embed_texts(encoder, processor, texts, ids, args.out, batch_size=args.batch_size,
                        shard_size=args.shard_size, keep_tokens=args.tokens or None, overwrite=args.overwrite,
                        model_name=args.model or f"{args.preset} (random init)")
     return _finish(path)
@@ -141,7 +143,7 @@ def _read_set(args):
 
 
 def _add_common(p, default_batch: int, default_shard: int) -> None:
-    p.add_argument("--output", required=True, help="safetensors file to write (unfinished shards go to OUTPUT.partial/)")
+    add_output_argument(p, required=True, help="safetensors file to write (unfinished shards go to OUT.partial/)")
     p.add_argument("--model", help="model folder or Hub id (default: a randomly initialised --preset, for smoke runs)")
     p.add_argument("--preset", default="tiny-token-wise", help="preset name when --model is not given")
     p.add_argument("--batch-size", type=int, default=default_batch, help="items per tower batch")
