@@ -244,3 +244,18 @@ def test_installed_wheel_loads_the_modules_offline(tmp_path):
     assert out["zero_shot"] == {"top1_accuracy": 0.5, "mean_per_class_recall": 0.5}
     assert out["retrieval"]["text_to_image_recall@1"] == 0.5
     assert list((tmp_path / "modules" / "evaluate_modules" / "metrics").iterdir())  # evaluate's own module cache, not the home folder
+
+
+def test_the_tie_rule_is_the_same_code_in_both_modules():
+    """Each module is published alone, so the tie rule is written in both: the two copies must not drift."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "metrics"
+    functions = {}
+    for name in ("wukong_zero_shot", "wukong_retrieval"):
+        tree = ast.parse((root / name / f"{name}.py").read_text(encoding="utf-8"))
+        functions[name] = {node.name: ast.dump(node) for node in tree.body
+                           if isinstance(node, ast.FunctionDef) and node.name in ("best_correct_scores", "count_outranking")}
+    assert set(functions["wukong_zero_shot"]) == {"best_correct_scores", "count_outranking"}
+    assert functions["wukong_zero_shot"] == functions["wukong_retrieval"]

@@ -65,6 +65,9 @@ DIRECTIONS = ("image_to_text", "text_to_image")
 RECALL_AT = (1, 5, 10)
 
 
+# best_correct_scores and count_outranking are the same in wukong_zero_shot.py and wukong_retrieval.py:
+# each evaluate module is published on its own and may import nothing of the other, so the tie rule is
+# written twice and tests/test_eval_metric_modules.py checks the two copies are identical.
 def best_correct_scores(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """(Q, C) scores and (Q, C) bool -> (Q,) best score of a correct candidate per query.
 
