@@ -2,8 +2,7 @@
 
     python train.py CONFIG.yaml [section.key=value ...]
 
-One CPU (the tiny config: 200 steps, under a minute on 2 quiet cores, ends near 0.55 x chance; first make its
-256 synthetic pairs):
+One CPU (the tiny config: 200 steps of 16 pairs, ends near 0.55 x chance; first make its 256 synthetic pairs):
     python -c "from wukong_hf.data.synthetic import SyntheticShapes as S; S().to_dataset('train', 256).save_to_disk('data/tiny-pairs')"
     python train.py configs/train-tiny-cpu.yaml
     accelerate launch --cpu --num_processes 1 train.py configs/train-tiny-cpu.yaml
