@@ -143,13 +143,13 @@ def _labelled_captions():
 
 
 TUNED = ("dev", "heldout", "heldout2")  # the splits the rules of both maskers were chosen on
-UNSEEN = ("heldout3", "heldout4", "heldout5")  # written before the masker was run on them, never tuned on
+UNSEEN = ("heldout3", "heldout4", "heldout5", "heldout6")  # written before the masker was run on them, never tuned on
 
 
 def test_name_masking_precision_and_recall_on_the_labelled_set():
     """Issue 15's target is precision >= 0.95 with recall no lower than jieba.posseg alone. It holds on the
-    splits the rules were chosen on, for both maskers. On the three unseen splits no masker reaches it: the
-    default tagger keeps recall above posseg's with precision 0.83-0.85 (posseg 0.54-0.57), and is at least as
+    splits the rules were chosen on, for both maskers. On the four unseen splits no masker reaches it: the
+    default tagger keeps recall above posseg's with precision 0.78-0.85 (posseg 0.46-0.57), and is at least as
     precise as the fast masker, whose recall falls far below posseg's. Numbers: benchmarks/data_name_masking.py."""
     from wukong_hf.data.text_filters import find_name_spans, name_masking_scores
 
@@ -166,14 +166,16 @@ def test_name_masking_precision_and_recall_on_the_labelled_set():
     assert tagger["precision"] >= 0.95 and fast["precision"] >= 0.95, (tagger["false_positives"], fast["false_positives"])
     assert tagger["recall"] >= posseg["recall"] and fast["recall"] >= posseg["recall"]
     assert posseg["precision"] < 0.7  # the baseline masks everyday words
-    # On unseen captions: the level each split reaches (measured 0.847/0.931, 0.832/0.928, 0.850/0.905).
-    for split, min_precision, min_recall in (("heldout3", 0.84, 0.92), ("heldout4", 0.83, 0.92), ("heldout5", 0.84, 0.90)):
+    # On unseen captions: the level each split reaches (measured 0.847/0.931, 0.832/0.928, 0.850/0.905, 0.777/0.838).
+    for split, min_precision, min_recall in (("heldout3", 0.84, 0.92), ("heldout4", 0.83, 0.92), ("heldout5", 0.84, 0.90),
+                                             ("heldout6", 0.77, 0.83)):
         tagger, fast, posseg = (scores(m, (split,)) for m in ("tagger", "fast", "posseg"))
         assert tagger["precision"] >= min_precision and tagger["recall"] >= min_recall, (split, tagger["false_positives"], tagger["missed"])
         assert tagger["recall"] > posseg["recall"] + 0.05 and tagger["precision"] >= fast["precision"], split
         assert posseg["precision"] < 0.6
     # The fast masker on unseen captions, as measured before the tagger (heldout3 was the previous helper's check).
-    for split, min_precision, min_recall in (("heldout3", 0.83, 0.81), ("heldout4", 0.76, 0.59), ("heldout5", 0.82, 0.62)):
+    for split, min_precision, min_recall in (("heldout3", 0.83, 0.81), ("heldout4", 0.76, 0.59), ("heldout5", 0.82, 0.62),
+                                             ("heldout6", 0.76, 0.55)):
         fast = scores("fast", (split,))
         assert fast["precision"] >= min_precision and fast["recall"] >= min_recall, split
 
