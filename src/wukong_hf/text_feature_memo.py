@@ -34,6 +34,13 @@ def _tensor_bytes(value: Any) -> int:
     return 0
 
 
+def _user_hook(hook) -> bool:
+    # transformers installs these once, on the first call asking for hidden states / attentions, and leaves
+    # them in place; they do nothing unless a call asks again (and such calls bypass the memo).
+    return not (getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+                and getattr(hook, "__name__", "") == "output_capturing_hook")
+
+
 class TextFeatureMemo:
     """LRU memo: text batch -> (text tower output, WukongTextFeatures), for one set of text-side weights.
 
@@ -80,7 +87,7 @@ class TextFeatureMemo:
         hooks = torch.nn.modules.module
         if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
             return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+        return not any(m._forward_pre_hooks or any(map(_user_hook, m._forward_hooks.values())) for m in modules)
 
     @staticmethod
     def fingerprint(modules: list[torch.nn.Module], settings: tuple) -> tuple[tuple, list] | None:
