@@ -6,14 +6,14 @@ every time. The memo keeps the features computed for a batch and hands back copi
 hit gives bit for bit what the tower gave (nothing is recomputed or approximated).
 
 A hit needs all of: inference (model in eval mode, autograd off: `torch.no_grad` / `inference_mode`),
-no autocast, no forward hooks on the text side (they would not run on a hit), no hidden states or
-attentions asked of the text tower, the same ids and mask (bytes, shape, dtype, device), and the
-same text-side weights. Weights are fingerprinted by each text-side parameter's and buffer's
+no autocast, no hooks on a text-side module (they would not run on a hit; transformers' own idle
+output-capturing hooks excepted), no hidden states or attentions asked of the text tower, the same
+ids and mask (bytes, shape, dtype, device), the same text settings and the same text-side weights. Weights are fingerprinted by each text-side parameter's and buffer's
 (data_ptr, _version, dtype, device, shape, stride) and the identity of every text-side module:
 in-place edits bump `_version`, `load_state_dict` copies in place, `.to()` / `param.data = ...`
 give new storage. The memo keeps the fingerprinted storages and modules alive while it holds
-entries, so no new tensor or module can reuse their address or id; entries of other weights are
-dropped at the next lookup. `train()`, `eval()` and `.to()` / `.half()` empty it.
+entries, so no new tensor or module can reuse their address or id (replaced weights stay in memory
+until the next lookup, which drops every entry of other weights). `train()`, `eval()` and `.to()` / `.half()` empty it.
 
 Turn it off with `model.text_feature_memo.enabled = False`.
 """
