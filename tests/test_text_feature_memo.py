@@ -231,3 +231,21 @@ def test_the_memo_keeps_at_most_max_entries_and_max_bytes_and_copies_start_empty
     logits(model, batches[0])
     assert len(copy.deepcopy(model).text_feature_memo) == 0 and len(memo) == 1
     assert len(pickle.loads(pickle.dumps(memo))) == 0
+
+
+def test_text_sides_it_cannot_fingerprint_are_never_served_from_the_memo():
+    """Quantized text towers keep weights in packed objects, and weights made under inference_mode have
+    no version counter: in-place changes would go unseen, so every call runs the tower."""
+    import warnings
+
+    model, processor = make_tiny("tiny-global")
+    inputs = inputs_for(processor, LABELS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    with torch.inference_mode():
+        made_in_inference, _ = make_tiny("tiny-global")
+    for m in (quantized, made_in_inference):
+        calls = counting(m)
+        first, second = logits(m, inputs), logits(m, inputs)
+        assert calls["n"] == 2 and torch.equal(first, second) and len(m.text_feature_memo) == 0

@@ -92,15 +92,18 @@ class TextFeatureMemo:
     @staticmethod
     def fingerprint(modules: list[torch.nn.Module], settings: tuple) -> tuple[tuple, list] | None:
         """(fingerprint of the text side's weights and settings, the objects to keep alive), or None
-        where it cannot be fingerprinted (inference tensors as weights have no version counter)."""
+        where it cannot be fingerprinted: inference tensors as weights (no version counter), weights on
+        the meta device (offloaded), quantized modules (packed weights)."""
         parts: list = [settings, torch.get_num_threads(), tuple(id(m) for m in modules)]
         keep: list = list(modules)
         for module in modules:
+            if hasattr(module, "_packed_params"):  # quantized: weights live outside parameters and buffers
+                return None
             for tensor in (*module._parameters.values(), *module._buffers.values()):
                 if tensor is None:
                     parts.append(None)
                     continue
-                if tensor.is_inference():
+                if tensor.is_inference() or tensor.is_meta:  # no version counter / offloaded weights
                     return None
                 parts.append((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device, tuple(tensor.shape),
                               tensor.stride()))
@@ -114,7 +117,8 @@ class TextFeatureMemo:
         def describe(t):
             if t is None:
                 return None
-            return (tuple(t.shape), t.dtype, t.device, t.detach().contiguous().cpu().numpy().tobytes())
+            raw = t.detach().contiguous().cpu().reshape(-1)
+            return tuple(t.shape), t.dtype, t.device, (raw.view(torch.uint8) if raw.numel() else raw).numpy().tobytes()
 
         return describe(input_ids), describe(attention_mask)
 
