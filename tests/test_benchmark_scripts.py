@@ -72,3 +72,14 @@ def test_zero_shot_cache_benchmark_runs(tmp_path):
     result = json.loads(out.read_text())
     rerun = result["runs"]["rerun, new images (cache)"]
     assert rerun["text_cache"]["hits"] == 2 and rerun["text_cache"]["misses"] == 0
+
+
+def test_pipeline_speed_benchmark_runs_and_the_memo_keeps_the_scores(tmp_path, monkeypatch):
+    out = tmp_path / "pipeline.json"
+    run_script("pipeline_speed", ["--tiny", "--rounds", "1", "--out", str(out)], monkeypatch)
+    result = json.loads(out.read_text())
+    rows = result["images_per_s"]
+    assert {"ChineseCLIPModel", "wukong, text feature memo on (default)", "wukong, text feature memo off"} == set(rows)
+    assert all(row["per_s"] > 0 for row in rows.values())
+    for check in result["exact_checks"].values():
+        assert check["memo_on_equals_off_exactly"] and check["memo_hits"] == check["images"] - 1

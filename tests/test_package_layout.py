@@ -34,7 +34,7 @@ def test_import_wukong_hf_loads_the_model_code_only():
     ours = {m for m in loaded if m.startswith("wukong_hf")}
     assert ours == {"wukong_hf", "wukong_hf.configuration_wukong", "wukong_hf.modeling_wukong", "wukong_hf.features",
                     "wukong_hf.processing_wukong", "wukong_hf.image_processing_wukong", "wukong_hf.losses",
-                    "wukong_hf.similarity", "wukong_hf.presets"}
+                    "wukong_hf.similarity", "wukong_hf.presets", "wukong_hf.text_feature_memo"}
     for heavy in ("datasets", "evaluate", "jieba", "webdataset", "pyarrow", "tensorboard"):
         assert heavy not in loaded, heavy
     # transformers' PreTrainedModel imports accelerate itself when it is installed; wukong_hf adds none of it.

@@ -23,6 +23,7 @@ from .configuration_wukong import WukongConfig
 from .features import WukongImageFeatures, WukongTextFeatures
 from .losses import contrastive_loss
 from .similarity import SimilarityRule
+from .text_feature_memo import TextFeatureMemo, copy_features, copy_output
 
 __all__ = [
     "WukongModel",
@@ -185,7 +186,24 @@ class WukongModel(WukongPreTrainedModel):
             else None
         )
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        # Inference-only memo of forward's text features (the pipeline re-sends the same labels for every
+        # image); `model.text_feature_memo.enabled = False` turns it off. Not a config field: it changes no result.
+        self.text_feature_memo = TextFeatureMemo()
         self.post_init()
+
+    def train(self, mode: bool = True):
+        """nn.Module.train; also empties the text feature memo (eval() comes through here too)."""
+        memo = getattr(self, "text_feature_memo", None)
+        if memo is not None:
+            memo.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to() / .half() / .cuda() come through here: the memo's features are for the old dtype/device.
+        memo = getattr(self, "text_feature_memo", None)
+        if memo is not None:
+            memo.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained; a folder saved with remote code also answers to the pipeline's class.
@@ -333,6 +351,35 @@ class WukongModel(WukongPreTrainedModel):
             has_padding=attention_mask.sum(dim=-1) < self.config.max_text_length,
         )
 
+    def _memo_text(self, input_ids, attention_mask, **tower_kwargs) -> tuple[Any, WukongTextFeatures]:
+        """(tower output, features) as `_text_tower` + `_text_head`, served from `text_feature_memo` when
+        the call allows it (see wukong_hf.text_feature_memo); a hit returns copies of the stored tensors."""
+        memo = self.text_feature_memo
+        asks_internals = any(tower_kwargs.get(k) for k in ("output_hidden_states", "output_attentions")) or any(
+            getattr(self.text_model.config, k, False) for k in ("output_hidden_states", "output_attentions"))
+        modules = [*self.text_model.modules(), self.text_projection]
+        if not memo.enabled or asks_internals or not memo.usable(self, modules):
+            out, attention_mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
+            return out, self._text_head(out.last_hidden_state, attention_mask)
+        self._check_text(input_ids, attention_mask)
+        config = self.config
+        settings = (config.text_pooling, config.token_wise_text_cls, config.token_wise_text_sep,
+                    config.max_text_length, config.text_config.pad_token_id,
+                    getattr(self.text_model.config, "_attn_implementation", None))
+        fingerprinted = memo.fingerprint(modules, settings)
+        if fingerprinted is None:
+            out, attention_mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
+            return out, self._text_head(out.last_hidden_state, attention_mask)
+        key = memo.batch_key(input_ids, attention_mask)
+        found = memo.lookup(*fingerprinted, key)
+        if found is None:
+            out, mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
+            features = self._text_head(out.last_hidden_state, mask)
+            memo.store(key, copy_output(out), copy_features(features))
+            return out, features
+        out, features, _ = found
+        return copy_output(out), copy_features(features)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> WukongTextFeatures:
         """input_ids, attention_mask (B, L) -> WukongTextFeatures. Padding never changes a score."""
         out, attention_mask = self._text_tower(input_ids, attention_mask)
@@ -404,8 +451,8 @@ class WukongModel(WukongPreTrainedModel):
         asked = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
         tower = self.image_tower(pixel_values, **asked)
         image = self.image_head(tower)
-        text_out, attention_mask = self._text_tower(input_ids, attention_mask, **asked)
-        text = self._text_head(text_out.last_hidden_state, attention_mask)
+        # The text side goes through the memo: the zero-shot pipeline sends the same labels with every image.
+        text_out, text = self._memo_text(input_ids, attention_mask, **asked)
         logits_per_image, logits_per_text = self.score(image, text)
         loss = contrastive_loss(logits_per_image, logits_per_text) if return_loss else None
         return WukongOutput(
