@@ -351,30 +351,32 @@ class WukongModel(WukongPreTrainedModel):
             has_padding=attention_mask.sum(dim=-1) < self.config.max_text_length,
         )
 
+    def _text_output_and_features(self, input_ids, attention_mask, **tower_kwargs) -> tuple[Any, WukongTextFeatures]:
+        """(text tower output, WukongTextFeatures): `_text_tower` then `_text_head`."""
+        out, attention_mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
+        return out, self._text_head(out.last_hidden_state, attention_mask)
+
     def _memo_text(self, input_ids, attention_mask, **tower_kwargs) -> tuple[Any, WukongTextFeatures]:
-        """(tower output, features) as `_text_tower` + `_text_head`, served from `text_feature_memo` when
-        the call allows it (see wukong_hf.text_feature_memo); a hit returns copies of the stored tensors."""
+        """`_text_output_and_features`, served from `text_feature_memo` when the call allows it (see
+        wukong_hf.text_feature_memo); a hit returns copies of the stored tensors."""
         memo = self.text_feature_memo
         asks_internals = any(tower_kwargs.get(k) for k in ("output_hidden_states", "output_attentions")) or any(
             getattr(self.text_model.config, k, False) for k in ("output_hidden_states", "output_attentions"))
         modules = [*self.text_model.modules(), self.text_projection]
-        if not memo.enabled or asks_internals or not memo.usable(self, modules):
-            out, attention_mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
-            return out, self._text_head(out.last_hidden_state, attention_mask)
-        self._check_text(input_ids, attention_mask)
-        config = self.config
-        settings = (config.text_pooling, config.token_wise_text_cls, config.token_wise_text_sep,
-                    config.max_text_length, config.text_config.pad_token_id,
-                    getattr(self.text_model.config, "_attn_implementation", None))
-        fingerprinted = memo.fingerprint(modules, settings)
+        fingerprinted = None
+        if memo.enabled and not asks_internals and memo.usable(self, modules):
+            self._check_text(input_ids, attention_mask)
+            config = self.config
+            settings = (config.text_pooling, config.token_wise_text_cls, config.token_wise_text_sep,
+                        config.max_text_length, config.text_config.pad_token_id,
+                        getattr(self.text_model.config, "_attn_implementation", None))
+            fingerprinted = memo.fingerprint(modules, settings)
         if fingerprinted is None:
-            out, attention_mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
-            return out, self._text_head(out.last_hidden_state, attention_mask)
+            return self._text_output_and_features(input_ids, attention_mask, **tower_kwargs)
         key = memo.batch_key(input_ids, attention_mask)
         found = memo.lookup(*fingerprinted, key)
         if found is None:
-            out, mask = self._text_tower(input_ids, attention_mask, **tower_kwargs)
-            features = self._text_head(out.last_hidden_state, mask)
+            out, features = self._text_output_and_features(input_ids, attention_mask, **tower_kwargs)
             memo.store(key, copy_output(out), copy_features(features))
             return out, features
         out, features, _ = found
@@ -382,8 +384,7 @@ class WukongModel(WukongPreTrainedModel):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> WukongTextFeatures:
         """input_ids, attention_mask (B, L) -> WukongTextFeatures. Padding never changes a score."""
-        out, attention_mask = self._text_tower(input_ids, attention_mask)
-        return self._text_head(out.last_hidden_state, attention_mask)
+        return self._text_output_and_features(input_ids, attention_mask)[1]
 
     # ----- scores ------------------------------------------------------------------------------
     @property
