@@ -28,14 +28,15 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .similarity import SIMILARITY_KINDS as SIMILARITIES
+from .similarity import TOKEN_WISE_PADDING
+
 __all__ = ["WukongConfig", "VISION_TOWER_TYPES", "TEXT_TOWER_TYPES", "SIMILARITIES", "SCORING_RULES", "ZERO_SHOT_ENSEMBLES"]
 
 VISION_TOWER_TYPES = ("timm_wrapper", "clip_vision_model")
 TEXT_TOWER_TYPES = ("bert", "clip_text_model")
-SIMILARITIES = ("global", "token_wise")
 IMAGE_POOLINGS = ("cls", "mean", "tower")
 TEXT_POOLINGS = ("cls", "eos")
-TOKEN_WISE_PADDING = ("ignore", "zero")
 ZERO_SHOT_ENSEMBLES = ("embedding", "similarity", "probability")
 
 # The two ways to score that a config can follow. "paper": the paper's formulas (section 3.3 and

@@ -61,7 +61,9 @@ class DemoSettings:
     progress: bool = True
 
     def check(self) -> "DemoSettings":
-        if self.similarity not in ("global", "token_wise"):
+        from .similarity import SIMILARITY_KINDS
+
+        if self.similarity not in SIMILARITY_KINDS:
             raise ValueError(f"--similarity must be global or token_wise, got {self.similarity!r}.")
         if self.steps < 1:
             raise ValueError(f"--steps must be at least 1, got {self.steps}.")

@@ -12,12 +12,11 @@ travels with remote code); an Accelerator is accepted duck-typed and never impor
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-import dataclasses
 
 from .similarity import SimilarityRule, select_top_image_tokens
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..cli import add_output_argument
+from ..configuration_wukong import SCORING_RULES, TOKEN_WISE_PADDING, ZERO_SHOT_ENSEMBLES
 
 __all__ = ["register"]
 
@@ -82,9 +83,9 @@ def register(subparsers) -> None:
 
     p = kinds.add_parser("set-rule", help="switch a saved model between the paper's and the released code's scoring rules")
     p.add_argument("model", help="saved Wukong model folder (its config.json is rewritten)")
-    p.add_argument("--rule", choices=("official", "paper"), help="both settings at once")
-    p.add_argument("--token-wise-padding", choices=("ignore", "zero"), help="padded text positions: ignored or offer 0")
-    p.add_argument("--zero-shot-ensemble", choices=("embedding", "similarity", "probability"),
+    p.add_argument("--rule", choices=tuple(SCORING_RULES), help="both settings at once")
+    p.add_argument("--token-wise-padding", choices=TOKEN_WISE_PADDING, help="padded text positions: ignored or offer 0")
+    p.add_argument("--zero-shot-ensemble", choices=ZERO_SHOT_ENSEMBLES,
                    help="how zero-shot combines prompt templates")
     p.set_defaults(func=_cmd_set_rule)
 
