@@ -53,17 +53,9 @@ def _captions_file(path: str) -> tuple[list[str], list[str]]:
 
 
 def _captions_dataset(path: str, split: str, column: str, id_column: str | None) -> tuple[list[str], list[str]]:
-    import datasets
+    from .data.dataset_source import open_dataset
 
-    folder = Path(path)
-    if folder.is_dir() and ((folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file()):
-        data = datasets.load_from_disk(str(folder))
-        if isinstance(data, datasets.DatasetDict):
-            if split not in data:
-                raise ValueError(f"{path} has splits {list(data)}, not {split!r}; pass --split.")
-            data = data[split]
-    else:
-        data = datasets.load_dataset(path, split=split)
+    data = open_dataset(path, split=split)
     for name in (column, id_column):
         if name and name not in data.column_names:
             raise ValueError(f"{path} has no column {name!r}; its columns are {data.column_names}.")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .configuration_wukong import WukongConfig
-from .evaluation.fingerprints import tower_fingerprint
+from .evaluation.fingerprints import model_fingerprint
 from .features import WukongImageFeatures, WukongTextFeatures
 from .similarity import SimilarityRule
 
@@ -161,7 +161,7 @@ class OnnxEncoder:
 
             folder = tempfile.mkdtemp(prefix="wukong-onnx-")
         folder = Path(folder)
-        fingerprints = fingerprints or {"image": tower_fingerprint(model, "image"), "text": tower_fingerprint(model, "text")}
+        fingerprints = fingerprints or model_fingerprint(model)
         if keep_tokens is None:
             keep_tokens = model.similarity_rule.uses_tokens
         info_path = folder / "onnx_encoder.json"
@@ -205,7 +205,7 @@ class OnnxEncoder:
                 text_outputs, {"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}})
         info = {
             "format": EXPORT_FORMAT,
-            "fingerprints": fingerprints or {"image": tower_fingerprint(model, "image"), "text": tower_fingerprint(model, "text")},
+            "fingerprints": fingerprints or model_fingerprint(model),
             "keep_tokens": keep_tokens,
             "grid": list(probe.grid) if probe.grid else None,
             "num_prefix_tokens": probe.num_prefix_tokens,

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from ..features import WukongImageFeatures, WukongTextFeatures
 from ..similarity import SimilarityRule
 from .encoding import ImageLoader, encode_images, encode_texts
-from .fingerprints import model_fingerprint, tower_fingerprint
+from .fingerprints import model_fingerprint, tower_fingerprint, update_with_strings
 
 __all__ = ["Embeddings", "embed_images", "embed_texts", "load_embeddings", "check_embeddings", "EMBEDDINGS_FORMAT"]
 
@@ -153,9 +153,7 @@ def _write_streamed(output: Path, shards: list[Path], metadata: dict, text_lengt
 
 def _ids_digest(ids: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    for id_ in ids:
-        digest.update(id_.encode("utf-8"))
-        digest.update(b"\x00")
+    update_with_strings(digest, ids)
     return digest.hexdigest()
 
 

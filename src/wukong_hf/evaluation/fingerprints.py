@@ -15,7 +15,7 @@ import json
 
 import torch
 
-__all__ = ["tower_fingerprint", "tokenizer_fingerprint", "model_fingerprint", "TOWER_PARTS"]
+__all__ = ["tower_fingerprint", "tokenizer_fingerprint", "model_fingerprint", "update_with_strings", "TOWER_PARTS"]
 
 # Which weights and which top-level config fields decide each tower's features.
 TOWER_PARTS = {
@@ -94,3 +94,10 @@ def tokenizer_fingerprint(processor) -> str:
     digest.update(f"max_length={getattr(processor, 'max_length', tokenizer.model_max_length)}".encode())
     digest.update(f"split_special_tokens={getattr(tokenizer, 'split_special_tokens', None)}".encode())
     return digest.hexdigest()
+
+
+def update_with_strings(digest, strings) -> None:
+    """Feed strings (texts, ids) to a hashlib digest, each followed by a NUL: ["ab", "c"] and ["a", "bc"] differ."""
+    for string in strings:
+        digest.update(string.encode("utf-8"))
+        digest.update(b"\x00")

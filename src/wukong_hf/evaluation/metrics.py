@@ -37,7 +37,6 @@ __all__ = [
 METRIC_MODULES = ("wukong_zero_shot", "wukong_retrieval")
 TIE_RULE = "ties count against the model: rank = wrong candidates scoring >= the best correct one"
 _DIRECTIONS = {"i2t": "image_to_text", "t2i": "text_to_image"}
-_NO_ANSWER = -1  # rank of a query without a correct candidate (left out of its direction)
 
 
 def metric_module_path(name: str) -> Path:

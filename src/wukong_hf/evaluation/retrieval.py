@@ -17,7 +17,7 @@ from ..features import WukongImageFeatures, WukongTextFeatures
 from ..similarity import SimilarityRule
 from .encoding import encode_images, encode_texts
 from .metrics import rank_against_negatives
-from .metrics import retrieval_metrics_from_ranks as metrics_from_ranks
+from .metrics import retrieval_metrics_from_ranks  # the wukong_retrieval evaluate module; re-exported here
 from .retrieval_sets import RetrievalSet
 
 NO_ANSWER = -1  # rank of an image that no text describes (MUGE distractors)
@@ -131,13 +131,6 @@ def shortlist_ranks(
     i2t = rerank(images, texts, num_images, True)
     i2t[torch.tensor([not c for c in correct_texts], dtype=torch.bool)] = NO_ANSWER
     return i2t, rerank(texts, images, num_texts, False)
-
-
-def retrieval_metrics_from_ranks(
-    i2t_ranks: torch.Tensor, t2i_ranks: torch.Tensor, directions: tuple[str, ...] = ("i2t", "t2i")
-) -> dict[str, float]:
-    """{"i2t_R@1", ..., "t2i_R@10", "MR"} in percent; images ranked NO_ANSWER are left out of i2t."""
-    return metrics_from_ranks(i2t_ranks, t2i_ranks, directions)  # the wukong_retrieval evaluate module
 
 
 def retrieval_from_features(

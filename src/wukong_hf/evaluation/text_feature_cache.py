@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from ..features import WukongTextFeatures
 from .encoding import encode_texts
-from .fingerprints import tokenizer_fingerprint, tower_fingerprint
+from .fingerprints import tokenizer_fingerprint, tower_fingerprint, update_with_strings
 
 __all__ = ["TextFeatureCache", "default_text_cache_dir", "default_cache_root", "as_text_cache", "CACHE_ENV", "CACHE_FORMAT"]
 
@@ -84,9 +84,7 @@ class TextFeatureCache:
     def key(self, text_tower: str, tokenizer: str, keeps_tokens: bool, texts: Sequence[str]) -> str:
         digest = hashlib.sha256()
         digest.update(json.dumps([CACHE_FORMAT, text_tower, tokenizer, keeps_tokens, len(texts)]).encode())
-        for text in texts:
-            digest.update(text.encode("utf-8"))
-            digest.update(b"\x00")  # separator: ["ab", "c"] and ["a", "bc"] differ
+        update_with_strings(digest, texts)
         return digest.hexdigest()
 
     def path(self, key: str) -> Path:
