@@ -577,8 +577,6 @@ class CaptionFilter:
                 tokens, spans = [word for word, _ in pairs], _posseg_spans(pairs)
             else:
                 tokens = self.jieba.lcut(caption)
-                if self.name_masker is not None:
-                    spans = self.name_masker.spans(tokens)
             if cfg.check_word_count:
                 n_words = sum(1 for token in tokens if _is_word(token))
                 if n_words < cfg.min_words or not _CJK.search(caption):
@@ -587,6 +585,8 @@ class CaptionFilter:
                 if n_words > cfg.max_words:
                     results.append((None, "too_many_words"))
                     continue
+            if self.name_masker is not None:  # after the word count: a dropped caption needs no name spans
+                spans = self.name_masker.spans(tokens)
             if self.tagger is not None:
                 pending.append((len(results), caption, tokens))
             results.append((apply_name_spans(caption, spans) if spans else caption, None))
