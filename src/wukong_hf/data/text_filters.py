@@ -164,12 +164,25 @@ def mask_names_posseg(caption: str) -> str:
 
 
 def _posseg_spans(pairs) -> list[tuple[int, int]]:
-    spans, start = [], 0
-    for word, flag in pairs:
-        if flag.startswith("nr"):
-            spans.append((start, start + len(word)))
-        start += len(word)
-    return spans
+    pairs = list(pairs)  # (word, flag) pairs, possibly a generator
+    offsets = _token_offsets([word for word, _ in pairs])
+    return [(start, start + len(word)) for start, (word, flag) in zip(offsets, pairs) if flag.startswith("nr")]
+
+
+def _token_offsets(tokens: list[str]) -> list[int]:
+    """Start character of each token in "".join(tokens)."""
+    return [0, *itertools.accumulate(map(len, tokens))][: len(tokens)]
+
+
+def _merge_joined(spans, caption: str) -> list[tuple[int, int]]:
+    """Sorted name spans with two names joined by one "·" merged: 泰勒·斯威夫特 is one name, one "<人名>"."""
+    merged: list[tuple[int, int]] = []
+    for start, end in spans:
+        if merged and start == merged[-1][1] + 1 and caption[start - 1] in _NAME_JOINERS:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def apply_name_spans(caption: str, spans: list[tuple[int, int]]) -> str:
@@ -247,10 +260,7 @@ class NameMasker:
     def spans(self, tokens: list[str]) -> list[tuple[int, int]]:
         """jieba tokens of one caption -> sorted (start, end) character spans of names in "".join(tokens)."""
         n = len(tokens)
-        offsets, position = [], 0
-        for token in tokens:
-            offsets.append(position)
-            position += len(token)
+        offsets = _token_offsets(tokens)
         cjk = [_CJK_WORD.fullmatch(token) is not None for token in tokens]
         tags = [self.word_tags.get(token) for token in tokens]
         marks: list[tuple[int, int] | None] = [None] * n
@@ -326,13 +336,7 @@ class NameMasker:
             if (tokens[i + 2] in _TITLES and tokens[i] in _SURNAMES_SINGLE and len(tokens[i + 1]) == 2 and cjk[i + 1]
                     and offsets[i] not in covered and offsets[i + 1] not in covered):
                 marks[i] = (offsets[i], offsets[i] + 3)
-        spans: list[tuple[int, int]] = []
-        for start, end in sorted(mark for mark in marks if mark):
-            if spans and start == spans[-1][1] + 1 and "".join(tokens)[start - 1] in _NAME_JOINERS:
-                spans[-1] = (spans[-1][0], end)  # 泰勒·斯威夫特 is one name: one "<人名>"
-            else:
-                spans.append((start, end))
-        return spans
+        return _merge_joined(sorted(mark for mark in marks if mark), "".join(tokens))
 
     def __call__(self, caption: str) -> str:
         """caption -> caption with every person name replaced by "<人名>"."""
@@ -371,21 +375,14 @@ class TaggerNameMasker:
         tokens = tokens if tokens is not None else [self.jieba.lcut(caption) for caption in captions]
         results = []
         for caption, caption_tokens, found in zip(captions, tokens, self.tagger.person_spans(captions)):
-            offsets, position = [], 0
-            for token in caption_tokens:
-                offsets.append(position)
-                position += len(token)
-            spans: list[tuple[int, int]] = []
+            offsets = _token_offsets(caption_tokens)
+            kept: list[tuple[int, int]] = []
             for start, end in found:
                 word = caption[start:end]
                 end -= next((k for k in (3, 2, 1) if len(word) > k and word[-k:] in _TITLES), 0)  # 王老师 -> 王
-                if self._is_brand(caption_tokens, offsets, end):
-                    continue
-                if spans and start == spans[-1][1] + 1 and caption[start - 1] in _NAME_JOINERS:
-                    spans[-1] = (spans[-1][0], end)  # 泰勒·斯威夫特 is one name: one "<人名>"
-                else:
-                    spans.append((start, end))
-            results.append(spans)
+                if not self._is_brand(caption_tokens, offsets, end):
+                    kept.append((start, end))
+            results.append(_merge_joined(kept, caption))
         return results
 
     def __call__(self, caption: str) -> str:
