@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..features import WukongImageFeatures, WukongTextFeatures
 from ..similarity import SimilarityRule
-from .encoding import ImageLoader, encode_images, encode_texts
+from .encoding import ImageLoader, NoReadableImages, encode_images, encode_texts
 from .fingerprints import model_fingerprint, tower_fingerprint, update_with_strings
 
 __all__ = ["Embeddings", "embed_images", "embed_texts", "load_embeddings", "check_embeddings", "EMBEDDINGS_FORMAT"]
@@ -304,9 +304,7 @@ def embed_images(
         quiet.setLevel(logging.ERROR)
         try:
             features, kept, skipped = encode_images(model, processor, chunk, batch_size, progress=False, keep_tokens=keep)
-        except ValueError as err:
-            if "No features to concatenate" not in str(err):
-                raise
+        except NoReadableImages:
             return None, [], [(start + i, "unreadable image") for i in range(len(chunk))]
         finally:
             quiet.setLevel(level)

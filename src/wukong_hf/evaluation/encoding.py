@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from ..features import WukongImageFeatures, WukongTextFeatures
 
-__all__ = ["encode_images", "encode_texts", "open_rgb", "pad_text_tokens", "model_device"]
+__all__ = ["encode_images", "encode_texts", "open_rgb", "pad_text_tokens", "model_device", "NoReadableImages"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,14 @@ def _load_batch(loaders: Sequence[ImageLoader], start: int, stop: int, processor
     return pixels, indices, skipped
 
 
+class NoReadableImages(ValueError):
+    """encode_images got no image it could read (or no image at all); `skipped` lists (index, reason)."""
+
+    def __init__(self, skipped: list[tuple[int, str]]):
+        super().__init__("No features to concatenate: every item was skipped or the input was empty.")
+        self.skipped = skipped
+
+
 @torch.no_grad()
 def encode_images(
     model,
@@ -137,6 +145,8 @@ def encode_images(
     bar.close()
     if skipped:
         logger.warning("skipped %d unreadable image(s), first: %s", len(skipped), skipped[0])
+    if not banks:
+        raise NoReadableImages(skipped)
     return WukongImageFeatures.concat(banks), kept, skipped
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.encoding import encode_images, open_rgb
+from ..evaluation.encoding import NoReadableImages, encode_images, open_rgb
 from ..evaluation.image_sources import IMAGE_EXTENSIONS
 from ..features import WukongImageFeatures
 
@@ -138,9 +138,7 @@ class ImageFolderIndex:
         loaders = [partial(load, i) for i in range(len(images))]
         try:
             features, kept, skipped = encode_images(model, processor, loaders, batch_size=batch_size, desc="search folder")
-        except ValueError:
-            if len(failures) != len(images):
-                raise
+        except NoReadableImages:
             first = next(iter(failures))
             raise ValueError(
                 f"None of the {len(images)} image file(s) in {self.folder} could be read (e.g. {images[first].name}: "
