@@ -94,6 +94,15 @@ def _finish(path: Path) -> int:
     return 0
 
 
+def _embed(args, embed, items, ids) -> int:
+    """Run embed_images / embed_texts on items with the command's encoder and options; print the result."""
+    encoder, processor = _encoder(args)
+    path = embed(encoder, processor, items, ids, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+                 keep_tokens=args.tokens or None, overwrite=args.overwrite,
+                 model_name=args.model or f"{args.preset} (random init)")
+    return _finish(path)
+
+
 def _cmd_images(args) -> int:
     from .evaluation.embeddings import embed_images
 
@@ -102,11 +111,7 @@ def _cmd_images(args) -> int:
     else:
         dataset = _read_set(args)
         loaders, ids = dataset.image_loaders, dataset.image_ids
-    encoder, processor = _encoder(args)
-    path = embed_images(encoder, processor, loaders, ids, args.out, batch_size=args.batch_size,
-                        shard_size=args.shard_size, keep_tokens=args.tokens or None, overwrite=args.overwrite,
-                        model_name=args.model or f"{args.preset} (random init)")
-    return _finish(path)
+    return _embed(args, embed_images, loaders, ids)
 
 
 def _cmd_texts(args) -> int:
@@ -119,11 +124,7 @@ def _cmd_texts(args) -> int:
     else:
         dataset = _read_set(args)
         texts, ids = dataset.texts, dataset.text_ids
-    encoder, processor = _encoder(args)
-    path = embed_texts(encoder, processor, texts, ids, args.out, batch_size=args.batch_size,
-                       shard_size=args.shard_size, keep_tokens=args.tokens or None, overwrite=args.overwrite,
-                       model_name=args.model or f"{args.preset} (random init)")
-    return _finish(path)
+    return _embed(args, embed_texts, texts, ids)
 
 
 def _read_set(args):
