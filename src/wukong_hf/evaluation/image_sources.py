@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .encoding import ImageLoader, open_rgb
 
-__all__ = ["LabelledImages", "image_folder_images", "imagenet_val_images", "dataset_images", "hf_dataset_images"]
+__all__ = ["LabelledImages", "image_files", "image_folder_images", "imagenet_val_images", "dataset_images", "hf_dataset_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -28,6 +28,18 @@ class LabelledImages:
     labels: list[int]
     ids: list[str]
     folder_classes: list[str] | None = None
+
+
+def image_files(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(image files by extension, other files) under folder, both sorted; hidden files and folders left out."""
+    folder = Path(folder)
+    images, others = [], []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others
 
 
 def image_folder_images(root: str | Path) -> LabelledImages:

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from ..evaluation.image_sources import IMAGE_EXTENSIONS
+from ..evaluation.image_sources import IMAGE_EXTENSIONS, image_files
 
 __all__ = ["SPACE_REQUIREMENTS", "write_space_folder", "push_space", "check_space_request", "space_requirements"]
 
@@ -105,14 +105,12 @@ def _copy_package(target: Path) -> None:
 
 
 def _copy_images(source: Path, target: Path) -> int:
-    count = 0
-    for path in sorted(source.rglob("*")):
+    images, _ = image_files(source)
+    for path in images:
         relative = path.relative_to(source)
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not any(p.startswith(".") for p in relative.parts):
-            (target / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target / relative)
-            count += 1
-    return count
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target / relative)
+    return len(images)
 
 
 def write_space_folder(

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.encoding import NoReadableImages, encode_images, open_rgb
-from ..evaluation.image_sources import IMAGE_EXTENSIONS
+from ..evaluation.image_sources import IMAGE_EXTENSIONS, image_files
 from ..features import WukongImageFeatures
 
 __all__ = ["FolderFeatures", "ImageFolderIndex", "default_cache_dir", "model_fingerprint"]
@@ -81,13 +81,7 @@ class ImageFolderIndex:
 
     def files(self) -> tuple[list[Path], list[Path]]:
         """(image files by extension, other files), both sorted, hidden files and folders left out."""
-        images, others = [], []
-        for path in sorted(self.folder.rglob("*")):
-            relative = path.relative_to(self.folder)
-            if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-                continue
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-        return images, others
+        return image_files(self.folder)
 
     def check_not_empty(self) -> int:
         """The number of image files; raises ValueError when there is none."""
