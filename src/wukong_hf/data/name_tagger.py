@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["LacTagger", "lac_model_dir", "read_fluid_tensor"]
+__all__ = ["LacAnalysis", "LacTagger", "lac_model_dir", "lac_words", "person_spans", "read_fluid_tensor"]
 
 _FLUID_FP32 = 5  # paddle VarType.FP32 in the tensor description
 
@@ -123,6 +124,9 @@ class LacTagger:
         self.char_ids = {char: index for index, char in words.items()}
         self.oov = self.char_ids["OOV"]
         self.label_names = _read_dict(os.path.join(model_dir, "tag.dic"))
+        label_ids = {name: index for index, name in self.label_names.items()}
+        self.person_labels = (label_ids["PER-B"], label_ids["PER-I"])
+        self.transitions_np, self.end_np = self.transitions.numpy(), self.end.numpy()
         self.batch_size = batch_size
 
     def _gru(self, x: torch.Tensor, lengths: torch.Tensor, layer: int, reverse: bool) -> torch.Tensor:
@@ -182,16 +186,27 @@ class LacTagger:
         """captions -> per-character LAC labels (empty list for an empty caption). Runs on one thread: the
         per-character matmuls are tiny (batch x 128 x 384), and intra-op threads only spin on them (50x slower on
         a loaded 2-core machine); run several processes for more throughput."""
+        return self._on_one_thread(self._run, captions, False)
+
+    def analyse(self, captions: list[str]) -> list[LacAnalysis]:
+        """captions -> per caption, LAC's labels, its last BiGRU layer's states and the CRF's span probabilities
+        (what the name-span classifier reads). One thread, as labels()."""
+        return self._on_one_thread(self._run, captions, True)
+
+    @staticmethod
+    def _on_one_thread(function, *args):
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._labels(captions)
+            return function(*args)
         finally:
             torch.set_num_threads(threads)
 
     @torch.no_grad()
-    def _labels(self, captions: list[str]) -> list[list[str]]:
-        results: list[list[str]] = [[] for _ in captions]
+    def _run(self, captions: list[str], analyse: bool):
+        """captions -> labels per caption, or (analyse) one LacAnalysis per caption."""
+        hidden = self.input_projections[0][0].shape[1] // 3 * 2
+        results: list = [LacAnalysis(c, [], torch.zeros(0, hidden), None) if analyse else [] for c in captions]
         order = sorted((i for i, c in enumerate(captions) if c), key=lambda i: len(captions[i]))
         for first in range(0, len(order), self.batch_size):
             chunk = order[first:first + self.batch_size]
@@ -199,36 +214,135 @@ class LacTagger:
             ids = torch.full((len(chunk), int(lengths.max())), self.oov, dtype=torch.long)
             for row, i in enumerate(chunk):
                 ids[row, : len(captions[i])] = torch.tensor([self.char_ids.get(ch, self.oov) for ch in captions[i]])
-            x = self.embedding[ids]
-            for layer in range(2):
-                forward = self._gru(x @ self.input_projections[2 * layer][0] + self.input_projections[2 * layer][1], lengths, 2 * layer, False)
-                backward = self._gru(x @ self.input_projections[2 * layer + 1][0] + self.input_projections[2 * layer + 1][1], lengths, 2 * layer + 1, True)
-                x = torch.cat([forward, backward], -1)
-            paths = self._viterbi(x @ self.emission[0] + self.emission[1], lengths).tolist()
+            states = self._states(ids, lengths)
+            emissions = states @ self.emission[0] + self.emission[1]
+            paths = self._viterbi(emissions, lengths).tolist()
+            if analyse:
+                alpha, beta, log_partition = self._forward_backward(emissions, lengths)
+                emissions_np, alpha, beta = emissions.numpy(), alpha.numpy(), beta.numpy()
             for row, i in enumerate(chunk):
-                results[i] = [self.label_names[k] for k in paths[row][: len(captions[i])]]
+                length = len(captions[i])
+                labels = [self.label_names[k] for k in paths[row][:length]]
+                if analyse:
+                    probability = self._span_marginal_function(emissions_np[row], alpha[row], beta[row], float(log_partition[row]), length)
+                    results[i] = LacAnalysis(captions[i], labels, states[row, :length].clone(), probability)
+                else:
+                    results[i] = labels
         return results
 
-    def words(self, caption: str, labels: list[str] | None = None) -> list[tuple[str, str]]:
-        """LAC's words with their tag ("PER", "LOC", "n", "O", ...): a word starts at an X-B label or at an O
-        after another label (jieba/lac_small/utils.parse_result)."""
-        labels = self.labels([caption])[0] if labels is None else labels
-        words: list[list[str]] = []
-        for i, (char, label) in enumerate(zip(caption, labels)):
-            if not words or label.endswith("-B") or (label == "O" and labels[i - 1] != "O"):
-                words.append([char, label.split("-")[0]])
+    def _states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T) character ids, (B,) lengths -> (B, T, 256) states of the last BiGRU layer."""
+        x = self.embedding[ids]
+        for layer in range(2):
+            forward = self._gru(x @ self.input_projections[2 * layer][0] + self.input_projections[2 * layer][1], lengths, 2 * layer, False)
+            backward = self._gru(x @ self.input_projections[2 * layer + 1][0] + self.input_projections[2 * layer + 1][1], lengths, 2 * layer + 1, True)
+            x = torch.cat([forward, backward], -1)
+        return x
+
+    def _forward_backward(self, emissions: torch.Tensor, lengths: torch.Tensor):
+        """CRF forward and backward log scores: (B, T, L) emissions -> alpha (B, T, L) (start .. t, emission at t
+        included), beta (B, T, L) (t+1 .. end, end score included), log partition (B,). Positions past a row's
+        length repeat its last alpha and hold the end scores in beta. Computed in scaled probability space (one
+        (B, L) x (L, L) matmul per step, each step renormalised, its log scale kept) because a log-space
+        logsumexp over (B, L, L) per step costs more than the whole BiGRU."""
+        batch, steps, _ = emissions.shape
+        emission_max = emissions.max(-1, keepdim=True).values
+        emission_exp = torch.exp(emissions - emission_max)
+        transition_max = self.transitions.max()
+        transition_exp = torch.exp(self.transitions - transition_max)
+        start_max, end_max = self.start.max(), self.end.max()
+        probability = torch.exp(self.start - start_max) * emission_exp[:, 0]
+        total = probability.sum(-1, keepdim=True)
+        probability, log_scale = probability / total, torch.log(total) + start_max + emission_max[:, 0]
+        alpha = [torch.log(probability) + log_scale]
+        for t in range(1, steps):
+            step = (probability @ transition_exp) * emission_exp[:, t]
+            total = step.sum(-1, keepdim=True)
+            live = (t < lengths)[:, None]
+            probability = torch.where(live, step / total, probability)
+            log_scale = torch.where(live, log_scale + torch.log(total) + transition_max + emission_max[:, t], log_scale)
+            alpha.append(torch.log(probability) + log_scale)
+        end_probability = torch.exp(self.end - end_max).expand(batch, -1)
+        probability, log_scale = end_probability, end_max.expand(batch, 1)
+        beta = [torch.log(probability) + log_scale]
+        for t in range(steps - 2, -1, -1):
+            step = (emission_exp[:, t + 1] * probability) @ transition_exp.T
+            total = step.sum(-1, keepdim=True)
+            live = (t < lengths - 1)[:, None]
+            probability = torch.where(live, step / total, end_probability)
+            log_scale = torch.where(live, log_scale + torch.log(total) + transition_max + emission_max[:, t + 1], end_max.expand(batch, 1))
+            beta.append(torch.log(probability) + log_scale)
+        alpha, beta = torch.stack(alpha, 1), torch.stack(beta[::-1], 1)
+        last = alpha[torch.arange(batch), lengths - 1]
+        return alpha, beta, torch.logsumexp(last + self.end, 1)
+
+    def _span_marginal_function(self, emissions: np.ndarray, alpha: np.ndarray, beta: np.ndarray, log_partition: float, length: int):
+        """One caption's CRF scores -> (start, end) -> P(PER-B at start, PER-I up to end - 1, no PER-I at end)."""
+        begin, inside = self.person_labels
+        transitions, end_scores = self.transitions_np, self.end_np
+        not_inside = np.arange(emissions.shape[1]) != inside
+
+        def marginal(start: int, end: int) -> float:
+            score, previous = alpha[start, begin], begin
+            for t in range(start + 1, end):
+                score += transitions[previous, inside] + emissions[t, inside]
+                previous = inside
+            if end < length:
+                tail = (transitions[previous] + emissions[end] + beta[end])[not_inside]
+                score += np.logaddexp.reduce(tail)
             else:
-                words[-1][0] += char
-        return [(word, tag) for word, tag in words]
+                score += end_scores[previous]
+            return float(np.exp(min(0.0, score - log_partition)))
+
+        return marginal
+
+    def words(self, caption: str, labels: list[str] | None = None) -> list[tuple[str, str]]:
+        """LAC's words with their tag ("PER", "LOC", "n", "O", ...); see lac_words."""
+        return lac_words(caption, self.labels([caption])[0] if labels is None else labels)
 
     def person_spans(self, captions: list[str]) -> list[list[tuple[int, int]]]:
         """captions -> per caption, the (start, end) character spans of the words LAC tags PER."""
-        spans = []
-        for caption, labels in zip(captions, self.labels(captions)):
-            found, position = [], 0
-            for word, tag in self.words(caption, labels):
-                if tag == "PER":
-                    found.append((position, position + len(word)))
-                position += len(word)
-            spans.append(found)
-        return spans
+        return [person_spans(caption, labels) for caption, labels in zip(captions, self.labels(captions))]
+
+
+def lac_words(caption: str, labels: list[str]) -> list[tuple[str, str]]:
+    """LAC's words with their tag: a word starts at an X-B label or at an O after another label
+    (jieba/lac_small/utils.parse_result)."""
+    words: list[list[str]] = []
+    for i, (char, label) in enumerate(zip(caption, labels)):
+        if not words or label.endswith("-B") or (label == "O" and labels[i - 1] != "O"):
+            words.append([char, label.split("-")[0]])
+        else:
+            words[-1][0] += char
+    return [(word, tag) for word, tag in words]
+
+
+def person_spans(caption: str, labels: list[str]) -> list[tuple[int, int]]:
+    """The (start, end) character spans of the words LAC labels PER."""
+    found, position = [], 0
+    for word, tag in lac_words(caption, labels):
+        if tag == "PER":
+            found.append((position, position + len(word)))
+        position += len(word)
+    return found
+
+
+@dataclass
+class LacAnalysis:
+    """LAC's view of one caption: labels (one per character), states ((T, 256) last BiGRU layer) and
+    span_probability(start, end), the CRF marginal probability that exactly characters start..end-1 form one PER
+    word (forward-backward over all label paths: the model's own confidence)."""
+
+    caption: str
+    labels: list[str]
+    states: torch.Tensor
+    _span_probability: object
+
+    def span_probability(self, start: int, end: int) -> float:
+        return self._span_probability(start, end) if self._span_probability is not None else 0.0
+
+    def words(self) -> list[tuple[str, str]]:
+        return lac_words(self.caption, self.labels)
+
+    def person_spans(self) -> list[tuple[int, int]]:
+        return person_spans(self.caption, self.labels)

@@ -344,45 +344,38 @@ class NameMasker:
 
 
 class TaggerNameMasker:
-    """Person names as LAC tags them (PER), with two rules on top.
+    """Person names as LAC proposes them, kept or dropped by a classifier fitted on labelled captions.
 
     LAC is the character BiGRU-CRF lexical analyser whose small model ships inside jieba; `name_tagger.LacTagger`
-    runs it in torch. Unlike jieba's dictionary it reads context, so 小狗, 高清, 三居室 and 周大福 (ORG) are not
-    names while 靳东, 豆豆 and 王鹤棣 are. Rules (chosen on the labelled set's dev splits): a title LAC keeps in
-    the name stays unmasked (王老师 -> 王), and a name right before a product noun is a brand (李宁 运动鞋,
-    张小泉 剪刀) unless a photo word follows (肖战 手机 壁纸). Names joined by "·" are one span.
-    Measured against the labelled caption set in benchmarks/data_name_masking.py.
+    runs it in torch. Unlike jieba's dictionary it reads context, so 小狗, 高清 and 三居室 are not names while
+    靳东, 豆豆 and 王鹤棣 are. LAC's PER words and jieba.posseg's nr words are candidates; `name_classifier`
+    decides which are names from LAC's own confidence, its states around the span, jieba's dictionary and the
+    words around (杨国福 in 杨国福麻辣烫 is a shop, 董洁 in 董洁街拍 a person); a title stays unmasked
+    (王老师 -> 王), and names joined by "·" are one span. Measured in benchmarks/data_name_masking.py.
     """
 
     def __init__(self, batch_size: int = 256):
+        from .name_classifier import NameSpanClassifier
         from .name_tagger import LacTagger
 
-        self.jieba, posseg = _jieba()
-        self.word_tags = posseg.dt.word_tag_tab
+        self.jieba, self.posseg = _jieba()
         self.tagger = LacTagger(batch_size=batch_size)
-
-    def _is_brand(self, tokens: list[str], offsets: list[int], end: int) -> bool:
-        """Whether the jieba token starting at character `end` is a product noun with no photo word near it."""
-        k = next((i for i, offset in enumerate(offsets) if offset == end), None)
-        if k is None:
-            return False
-        following = tokens[k]
-        return (_CJK_WORD.fullmatch(following) is not None and following[-1] in _PRODUCT_ENDINGS
-                and self.word_tags.get(following) in (None, "n") and not _PHOTO_WORDS.intersection(tokens[k:k + 3]))
+        self.classifier = NameSpanClassifier.from_file()
 
     def spans_batch(self, captions: list[str], tokens: list[list[str]] | None = None) -> list[list[tuple[int, int]]]:
         """captions (and their jieba tokens, computed when None) -> per caption, sorted (start, end) name spans."""
+        from .name_classifier import describe_candidates, select_spans
+
         tokens = tokens if tokens is not None else [self.jieba.lcut(caption) for caption in captions]
-        results = []
-        for caption, caption_tokens, found in zip(captions, tokens, self.tagger.person_spans(captions)):
-            offsets = _token_offsets(caption_tokens)
-            kept: list[tuple[int, int]] = []
-            for start, end in found:
-                word = caption[start:end]
-                end -= next((k for k in (3, 2, 1) if len(word) > k and word[-k:] in _TITLES), 0)  # 王老师 -> 王
-                if not self._is_brand(caption_tokens, offsets, end):
-                    kept.append((start, end))
-            results.append(_merge_joined(kept, caption))
+        pairs = [[(p.word, p.flag) for p in self.posseg.cut(caption)] for caption in captions]
+        described = describe_candidates(self.tagger.analyse(captions), tokens, pairs)
+        flat = [candidate for candidates in described for candidate in candidates]
+        inputs = self.classifier.inputs([features for _, features, _ in flat], [vector for _, _, vector in flat])
+        probabilities, k, results = self.classifier.probabilities(inputs).tolist(), 0, []
+        for caption, candidates in zip(captions, described):
+            scored = [(probabilities[k + i], span) for i, (span, _, _) in enumerate(candidates)]
+            k += len(candidates)
+            results.append(select_spans(caption, scored, self.classifier.threshold))
         return results
 
     def __call__(self, caption: str) -> str:
