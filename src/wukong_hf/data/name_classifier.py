@@ -38,7 +38,7 @@ from .name_tagger import LacAnalysis
 __all__ = ["NameSpanClassifier", "TEST_SPLITS", "candidate_spans", "fit_name_span_classifier", "select_spans", "span_features"]
 
 # Written after the classifier's design was frozen, scored once (see docs/data.md); never used for fitting.
-TEST_SPLITS = ("heldout7", "heldout8")
+TEST_SPLITS = ("heldout9", "heldout10")
 CLASSIFIER_FILE = "name_span_classifier.safetensors"
 STATE_FEATURES = 2  # LAC states at the span's last character and at the character after it
 
@@ -48,6 +48,16 @@ _LAC_TAGS = ("PER", "LOC", "ORG", "n", "nz", "nw", "v", "vn", "a", "TIME", "m", 
 _PARTICLES = frozenset("的 和 与 、 在 同 跟 及 是 为 给 带 被 把 说 等 之 携 陪 向 对".split())
 _SHOP_MARKS = frozenset("氏记家式牌坊")  # 蒋氏宗祠, 李记烧烤, 王家沙, 中式, 马利牌
 _QUOTES = frozenset("《“\"「")
+# Words that put a person in the picture (works, media, events, family moments) or a shop and its goods there;
+# counted anywhere in the caption, since a name and its context are often several words apart.
+_PERSON_CONTEXT = ("剧照", "海报", "写真", "壁纸", "插画", "插图", "画像", "肖像", "手办", "同人", "角色", "皮肤", "演唱会",
+                   "专辑", "电影", "小说", "诗", "词", "书法", "字帖", "故居", "纪念馆", "雕像", "语录", "造型", "街拍", "签名",
+                   "夺冠", "进球", "比赛", "采访", "婚礼", "婚纱", "毕业", "生日", "百天", "满月", "作品", "名场面", "截图",
+                   "合影", "旧照", "自拍", "cos", "立绘", "画作", "传", "画册", "摄影", "作者", "导演", "主演", "同学", "女儿",
+                   "儿子", "宝宝", "老师", "记者", "选手", "冠军", "演讲", "讲座", "领奖", "颁奖")
+_COMMERCE_CONTEXT = ("店", "馆", "铺", "专卖", "旗舰", "包邮", "正品", "礼盒", "套装", "新款", "特产", "老字号", "连锁", "品牌",
+                     "官方", "秒杀", "优惠", "外卖", "加盟", "招牌", "口味", "味", "零食", "酒", "茶", "面", "香水", "口红",
+                     "粉底", "鞋", "衫", "服", "包", "表", "牌", "厂", "出行", "打车", "分店", "门店", "菜", "药", "膏")
 
 
 def _title_cut(word: str) -> int:
@@ -55,31 +65,68 @@ def _title_cut(word: str) -> int:
     return next((k for k in (3, 2, 1) if len(word) > k and word[-k:] in tf._TITLES), 0)
 
 
+# Words right before a name (女儿豆豆, 摄影师高原, 作者：贺子墨): the word after one is a candidate.
+_ROLES = frozenset(
+    "儿子 女儿 闺女 宝宝 宝贝 孙子 孙女 外孙 外孙女 外甥 外甥女 侄子 侄女 同学 同事 朋友 作者 摄影师 摄影 记者 主播 主持人 "
+    "新郎 新娘 老公 老婆 妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 学生 选手 队员 编辑 校对 出镜 模特 博主 画家 歌手 演员 艺术家 老艺术家 "
+    "本人 员工 企业家 冠军 嘉宾 讲师 医生 教练 网友 小朋友".split()
+)
+# Titles after a bare surname besides text_filters' (何院士, 苗老板娘, 牛村长).
+_MORE_TITLES = frozenset("院士 老板娘 村长 总工 厂长 馆长 科长 处长 部长 会长 组长 班长 老爷子 婆婆 嫂子 姑娘".split())
+SOURCES = ("lac", "posseg", "prefix", "suffix", "role", "title", "pattern", "joined")
+
+
 def candidate_spans(analysis: LacAnalysis, posseg_pairs: list[tuple[str, str]]) -> dict[tuple[int, int], frozenset[str]]:
-    """One caption's candidate name spans -> the tools that proposed each ("lac", "posseg", "prefix")."""
+    """One caption's candidate name spans -> the sources that proposed each (SOURCES): LAC's PER words and
+    jieba.posseg's nr words (a trailing title cut), pieces of long ones (prefix, suffix), the word after a role
+    word (role), a surname before a title (title), 嘟嘟 / 老张 / 小李 shapes (pattern), and names across "·" (joined)."""
+    caption = analysis.caption
     found: dict[tuple[int, int], set[str]] = {}
-    for start, end in analysis.person_spans():
-        word = analysis.caption[start:end]
-        found.setdefault((start, end - _title_cut(word)), set()).add("lac")
-        if end - start >= 4 and not tf._JOINER_SET.intersection(word):
-            for k in (2, 3):  # 杨紫琼|奥斯卡, 模范|唐建华: LAC glued a word to the name
-                if start + k < end:
-                    found.setdefault((start, start + k), set()).add("prefix")
-                    found.setdefault((end - k, end), set()).add("suffix")
-    position = 0
-    for word, tag in posseg_pairs:
-        if tag.startswith("nr"):
-            found.setdefault((position, position + len(word) - _title_cut(word)), set()).add("posseg")
-        position += len(word)
-    trimmed: dict[tuple[int, int], set[str]] = {}
-    for (start, end), sources in found.items():  # LAC keeps a leading space or mark in a word: cut it off
-        while start < end and not tf._is_word(analysis.caption[start]):
+
+    def add(start: int, end: int, source: str) -> None:
+        while start < end and not tf._is_word(caption[start]):  # LAC keeps a leading space or mark in a word
             start += 1
-        while end > start and not tf._is_word(analysis.caption[end - 1]):
+        while end > start and not tf._is_word(caption[end - 1]):
             end -= 1
         if end > start:
-            trimmed.setdefault((start, end), set()).update(sources)
-    return {span: frozenset(sources) for span, sources in trimmed.items()}
+            found.setdefault((start, end), set()).add(source)
+
+    tagged = [(start, end, "lac") for start, end in analysis.person_spans()]
+    words, position = [], 0
+    for word, tag in posseg_pairs:
+        words.append((position, position + len(word), word))
+        if tag.startswith("nr"):
+            tagged.append((position, position + len(word), "posseg"))
+        position += len(word)
+    for start, end, source in tagged:
+        word = caption[start:end]
+        add(start, end - _title_cut(word), source)
+        if end - start >= 3 and not tf._JOINER_SET.intersection(word):
+            for k in (2, 3):  # 杨紫琼|奥斯卡, 模范|唐建华, 索隆|山治: a word glued to the name
+                if start + k < end:
+                    add(start, start + k, "prefix")
+                    add(end - k, end, "suffix")
+    for i, (start, end, word) in enumerate(words):
+        if word in _ROLES and i + 1 < len(words):
+            following = next((w for w in words[i + 1:i + 3] if tf._CJK_WORD.fullmatch(w[2])), None)
+            if following and following[1] - following[0] <= 4:
+                add(following[0], following[1], "role")
+        if tf._CJK_WORD.fullmatch(word) and len(word) == 2 and (word[0] == word[1] or word[0] in "老小阿"):
+            add(start, end, "pattern")
+    for i, char in enumerate(caption[:-1]):
+        if char in tf._SURNAMES_SINGLE and (i == 0 or not tf._CJK.match(caption[i - 1]) or caption[i - 1] in "的和与、"):
+            if any(caption.startswith(title, i + 1) for title in tf._TITLES | _MORE_TITLES):
+                add(i, i + 1, "title")
+    for start, end in list(found):  # 杰克|·|伦敦: a candidate next to a joiner spans the word across it
+        if end < len(caption) and caption[end] in tf._JOINER_SET:
+            after = next((w for w in words if w[0] == end + 1), None)
+            if after:
+                add(start, after[1], "joined")
+        if start > 0 and caption[start - 1] in tf._JOINER_SET:
+            before = next((w for w in words if w[1] == start - 1), None)
+            if before:
+                add(before[0], end, "joined")
+    return {span: frozenset(sources) for span, sources in found.items()}
 
 
 def _one_hot(prefix: str, value: str, classes: tuple[str, ...]) -> dict[str, float]:
@@ -122,7 +169,7 @@ def span_features(context: _CaptionContext, start: int, end: int, sources: froze
     caption, tokens, offsets = context.analysis.caption, context.tokens, context.offsets
     span, length = caption[start:end], end - start
     probability = context.analysis.span_probability(start, end)
-    features = {f"source={s}": float(s in sources) for s in ("lac", "posseg", "prefix", "suffix")}
+    features = {f"source={s}": float(s in sources) for s in SOURCES}
     features["span_probability"] = probability
     features["log_span_probability"] = max(math.log(probability + 1e-6), -14.0) / 14
     features["per_label_share"] = sum(label.startswith("PER") for label in context.analysis.labels[start:end]) / length
@@ -173,6 +220,10 @@ def span_features(context: _CaptionContext, start: int, end: int, sources: froze
     features.update(_one_hot("lac_next", _lac_class(lac_next), _LAC_TAGS))
     features.update(_one_hot("lac_previous", _lac_class(lac_previous), _LAC_TAGS))
     features["next_word_length"] = min(len(next_token), 4) / 4 if next_token else 0.0
+    rest = caption[:start] + " " + caption[end:]
+    features["person_context_words"] = min(sum(word in rest for word in _PERSON_CONTEXT), 3) / 3
+    features["commerce_context_words"] = min(sum(word in rest for word in _COMMERCE_CONTEXT), 3) / 3
+    features["title_marks_in_caption"] = float("《" in caption)
     states = context.analysis.states
     zero = states.new_zeros(states.shape[1])
     vector = torch.cat([states[end - 1], states[end] if end < len(caption) else zero])
@@ -276,7 +327,7 @@ def _fit_member(inputs: torch.Tensor, targets: torch.Tensor, hidden: int, l2: fl
 
 
 def fit_name_span_classifier(features: list[dict[str, float]], vectors: list[torch.Tensor], targets: list[bool], *,
-                             projection_dims: int = 32, hidden: int = 8, l2: float = 1e-2, members: int = 5,
+                             projection_dims: int = 32, hidden: int = 8, l2: float = 1e-3, members: int = 5,
                              threshold: float = 0.5, metadata: dict | None = None) -> NameSpanClassifier:
     """Fit the classifier on N candidate spans (their features, state vectors and whether each lies in a name)."""
     names = sorted(features[0])
