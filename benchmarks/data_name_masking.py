@@ -36,7 +36,7 @@ from wukong_hf.data.text_filters import NAME_MASKERS, find_name_spans, name_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELLED = os.path.join(ROOT, "tests", "data", "name_masking_captions.jsonl")
-TRAINING = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "train9", "train10")
+TRAINING = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8", "train9", "train10")
 SPLITS = {**{split: (split,) for split in TRAINING + TEST_SPLITS}, "training": TRAINING, "test": TEST_SPLITS}
 
 

@@ -92,21 +92,28 @@ def test_everyday_words_jieba_tags_as_names_stay_unmasked(masker):
         assert NAME_TOKEN in mask_names_posseg(caption)  # the baseline (jieba.posseg alone) still does
 
 
+NAMES = [
+    ("新郎王建国与新娘的合影", f"新郎{NAME_TOKEN}与新娘的合影"),  # 3-character Han name
+    ("李娜的婚纱照", f"{NAME_TOKEN}的婚纱照"),  # 2-character name in jieba's dictionary
+    ("欧阳娜娜大提琴演奏照片", f"{NAME_TOKEN}大提琴演奏照片"),  # compound surname
+    ("王老师的美术课堂", f"{NAME_TOKEN}老师的美术课堂"),  # the title stays
+    ("孙建华先生捐赠的书画作品", f"{NAME_TOKEN}先生捐赠的书画作品"),
+    ("泰勒·斯威夫特演唱会现场", f"{NAME_TOKEN}演唱会现场"),  # transliterated, one name
+    ("周杰伦同款卫衣", f"{NAME_TOKEN}同款卫衣"),
+    ("儿子豆豆的周岁照", f"儿子{NAME_TOKEN}的周岁照"),  # a nickname
+    ("张伟家的简欧三居室", f"{NAME_TOKEN}家的简欧三居室"),  # a name next to other words
+]
+# Known misses (docs/data.md, "Limits"): 豆豆 is in none of the fast masker's tables; the tagger's classifier gives
+# up a name before 家 (王家沙, 周家 are shops) for precision. strict: the test fails once they are found.
+KNOWN_MISSES = {("fast", "儿子豆豆的周岁照"), ("tagger", "张伟家的简欧三居室")}
+
+
 @pytest.mark.parametrize(
-    "caption, masked",
-    [
-        ("新郎王建国与新娘的合影", f"新郎{NAME_TOKEN}与新娘的合影"),  # 3-character Han name
-        ("李娜的婚纱照", f"{NAME_TOKEN}的婚纱照"),  # 2-character name in jieba's dictionary
-        ("欧阳娜娜大提琴演奏照片", f"{NAME_TOKEN}大提琴演奏照片"),  # compound surname
-        ("王老师的美术课堂", f"{NAME_TOKEN}老师的美术课堂"),  # the title stays
-        ("孙建华先生捐赠的书画作品", f"{NAME_TOKEN}先生捐赠的书画作品"),
-        ("泰勒·斯威夫特演唱会现场", f"{NAME_TOKEN}演唱会现场"),  # transliterated, one name
-        ("周杰伦同款卫衣", f"{NAME_TOKEN}同款卫衣"),
-        ("张伟家的简欧三居室", f"{NAME_TOKEN}家的简欧三居室"),  # a name next to other words
-    ],
+    "masker, caption, masked",
+    [pytest.param(m, c, x, marks=[pytest.mark.xfail(strict=True, reason="known miss")] if (m, c) in KNOWN_MISSES else [])
+     for m in ("tagger", "fast") for c, x in NAMES],
 )
-@pytest.mark.parametrize("masker", ["tagger", "fast"])
-def test_person_names_are_masked(caption, masked, masker):
+def test_person_names_are_masked(masker, caption, masked):
     assert CaptionFilter(TextFilterConfig(max_occurrences=None, name_masker=masker))(caption) == (masked, None)
 
 
@@ -118,8 +125,9 @@ def test_tagger_knows_what_the_rules_cannot():
     assert tagger("周大福黄金手镯") == ("周大福黄金手镯", None) and NAME_TOKEN in fast("周大福黄金手镯")[0]
     for caption in ("靳东新剧剧照", "儿子豆豆的周岁照"):
         assert NAME_TOKEN in tagger(caption)[0] and NAME_TOKEN not in fast(caption)[0]
-    assert tagger("李宁运动鞋") == ("李宁运动鞋", None)  # a name before a product noun is a brand
-    assert tagger("肖战手机壁纸") == (f"{NAME_TOKEN}手机壁纸", None)  # ... unless a photo word follows
+    for brand in ("李宁运动鞋", "杨国福麻辣烫", "王守义十三香"):  # shops and brands named after people
+        assert tagger(brand) == (brand, None) and NAME_TOKEN in mask_names_posseg(brand)
+    assert tagger("董洁街拍") == (f"{NAME_TOKEN}街拍", None)  # the same shape with a person's context
 
 
 def test_filter_batch_matches_one_at_a_time(counts_dir):
@@ -142,8 +150,12 @@ def _labelled_captions():
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-TEST = ("heldout7", "heldout8")  # written blind, before the classifier was designed; scored once, never fitted on
-TRAINING = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "train9", "train10")
+TEST = ("heldout9", "heldout10")  # written blind before the classifier was frozen; scored once, never fitted on
+# Measured once on the test splits (benchmarks/data_name_masking.py): precision 0.977, recall 0.705 (posseg 0.674);
+# heldout9 0.980 / 0.739 (posseg 0.677), heldout10 0.975 / 0.677 (posseg 0.672).
+TEST_PRECISION, TEST_RECALL = 0.97, 0.70
+TEST_SPLIT_FLOORS = (("heldout9", 0.97, 0.73), ("heldout10", 0.97, 0.67))
+TRAINING = ("dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "heldout8", "train9", "train10")
 
 
 def test_name_masking_precision_and_recall_on_the_labelled_set():
@@ -156,19 +168,21 @@ def test_name_masking_precision_and_recall_on_the_labelled_set():
     examples = _labelled_captions()
     assert {e["split"] for e in examples} == set(TRAINING + TEST)
     test_examples = [e for e in examples if e["split"] in TEST]
-    assert len(test_examples) >= 800 and sum(len(e["names"]) for e in test_examples) >= 400
+    assert len(test_examples) >= 790 and sum(len(e["names"]) for e in test_examples) >= 400
     captions = [e["caption"] for e in examples]
     spans = {masker: dict(zip(captions, find_name_spans(captions, masker))) for masker in ("tagger", "fast", "posseg")}
 
     def scores(masker, splits):
         return name_masking_scores([e for e in examples if e["split"] in splits], spans[masker].__getitem__)
 
-    tagger, fast, posseg = (scores(m, TEST) for m in ("tagger", "fast", "posseg"))
+    tagger, posseg = scores("tagger", TEST), scores("posseg", TEST)
     assert tagger["precision"] >= TEST_PRECISION and tagger["recall"] >= TEST_RECALL, (tagger["false_positives"], tagger["missed"])
+    assert tagger["precision"] >= 0.95 and tagger["recall"] >= posseg["recall"]  # the target itself
     assert posseg["precision"] < 0.6  # the baseline masks everyday words
     for split, min_precision, min_recall in TEST_SPLIT_FLOORS:
         tagger, posseg = scores("tagger", (split,)), scores("posseg", (split,))
         assert tagger["precision"] >= min_precision and tagger["recall"] >= min_recall, (split, tagger["false_positives"], tagger["missed"])
+        assert tagger["precision"] >= 0.95 and tagger["recall"] >= posseg["recall"], split
     # The fast masker on captions it was never tuned on, as measured before the tagger.
     for split, min_precision, min_recall in (("heldout3", 0.83, 0.81), ("heldout4", 0.76, 0.59), ("heldout5", 0.82, 0.62),
                                              ("heldout6", 0.76, 0.55)):
