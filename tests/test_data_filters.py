@@ -213,7 +213,7 @@ def test_shipped_name_classifier_is_what_its_training_command_fits(tmp_path):
                                atol=1e-6, rtol=0)
 
 
-def test_name_classifier_file_errors_say_what_to_do(tmp_path):
+def test_name_classifier_file_errors_say_what_to_do(tmp_path, capsys):
     from wukong_hf.data.name_classifier import NameSpanClassifier
 
     with pytest.raises(FileNotFoundError, match="does not exist; refit it with .*--name-masker fast"):
@@ -221,6 +221,11 @@ def test_name_classifier_file_errors_say_what_to_do(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="is not a name-span classifier file"):
         NameSpanClassifier.from_file(tmp_path / "bad.safetensors")
+    from wukong_hf.data.name_classifier import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--labelled", str(tmp_path / "missing.jsonl")])
+    assert exit_info.value.code == 2 and "no labelled captions at" in capsys.readouterr().err
     shipped = NameSpanClassifier.from_file()
     with pytest.raises(ValueError, match="fitted on other features"):
         shipped.inputs([{"span_probability": 1.0}], [shipped.tensors["projection_mean"]])

@@ -4,21 +4,22 @@ LAC alone (name_tagger.LacTagger) masks shops, dishes and brands named after peo
 idioms (柳暗花明) and glues the next word to a name (杨紫琼奥斯卡). Rules written against those kept failing on
 captions nobody had tuned on, so the decision is learned from the labelled captions instead:
 
-- candidates (`candidate_spans`): LAC's PER words (a trailing title cut: 王老师 -> 王), jieba.posseg's nr*
-  words (title cut the same way), and the 2- and 3-character prefixes of a 4+ character LAC word without "·";
-- features (`span_features`): the CRF's probability that exactly this span is one PER word, which tools proposed
-  it, its length, surname and transliteration tables, its entry in jieba's dictionary (frequency, tag) and the
-  tags, particles, titles, photo and product words around it, LAC's and jieba's tags of the neighbouring words,
-  plus LAC's BiGRU states at the span's last character and at the next character (512 numbers, projected to
-  `projection_dims` by PCA fitted on the training spans);
+- candidates (`candidate_spans`): LAC's PER words and jieba.posseg's nr* words (a trailing title cut: 王老师 ->
+  王), their 2- and 3-character pieces, the word after a role word (女儿豆豆), a surname before a title (何院士),
+  嘟嘟 / 老张 / 小李 shapes, and names across "·";
+- features (`span_features`): the CRF's probability that exactly this span is one PER word, which sources
+  proposed it, its length, surname and transliteration tables, its entry in jieba's dictionary (frequency, tag),
+  the tags, particles, titles, photo and product words around it, LAC's and jieba's tags of the neighbouring
+  words, person and shop words elsewhere in the caption, plus LAC's BiGRU states at the span's last character
+  and at the next character (512 numbers, projected to `projection_dims` by PCA fitted on the training spans);
 - model (`NameSpanClassifier`): the mean of `members` small MLPs (one tanh hidden layer), each fitted by L-BFGS
   in float64 with L2 from its own seed; a span is a name when that mean reaches `threshold`, and overlapping
   accepted spans keep the most probable one.
 
 `python -m wukong_hf.data.name_classifier` refits it from tests/data/name_masking_captions.jsonl's training
 splits (never the test splits, TEST_SPLITS), picks the threshold by leave-one-split-out cross-validation, and
-writes resources/name_span_classifier.safetensors. Hand-written (no scikit-learn): the model is 4 small tensors,
-and torch is already a dependency.
+writes resources/name_span_classifier.safetensors. Hand-written (no scikit-learn): the model is a few small
+tensors, and torch is already a dependency.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ import torch
 from . import text_filters as tf
 from .name_tagger import LacAnalysis
 
-__all__ = ["NameSpanClassifier", "TEST_SPLITS", "candidate_spans", "fit_name_span_classifier", "select_spans", "span_features"]
+__all__ = ["NameSpanClassifier", "SOURCES", "TEST_SPLITS", "analyse_captions", "candidate_spans", "describe_candidates",
+           "fit_name_span_classifier", "select_spans", "span_features"]
 
-# Written after the classifier's design was frozen, scored once (see docs/data.md); never used for fitting.
+# Written blind while the classifier was being changed, scored once after it was frozen (docs/data.md); never fitted on.
 TEST_SPLITS = ("heldout9", "heldout10")
 CLASSIFIER_FILE = "name_span_classifier.safetensors"
-STATE_FEATURES = 2  # LAC states at the span's last character and at the character after it
 
 _JIEBA_TAGS = ("nr", "nrt", "nrfg", "n", "ns", "nz", "i", "l", "v", "a", "t", "m", "x", "other", "none")
 _LAC_TAGS = ("PER", "LOC", "ORG", "n", "nz", "nw", "v", "vn", "a", "TIME", "m", "f", "s", "w", "u", "other", "none")
@@ -389,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=os.path.join("src", "wukong_hf", "resources", CLASSIFIER_FILE), help="where to write the classifier")
     parser.add_argument("--target-precision", type=float, default=0.95, help="issue 15's precision target")
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.labelled):
+        parser.error(f"no labelled captions at {args.labelled!r}: run from the repository root or pass --labelled FILE")
     with open(args.labelled, encoding="utf-8") as fh:
         examples = [json.loads(line) for line in fh if line.strip()]
     examples = [e for e in examples if e["split"] not in TEST_SPLITS]
