@@ -33,7 +33,7 @@ from importlib import resources
 
 import torch
 
-from . import text_filters as tf
+from . import names
 from .name_tagger import LacAnalysis
 
 __all__ = ["NameSpanClassifier", "SOURCES", "TEST_SPLITS", "analyse_captions", "candidate_spans", "describe_candidates",
@@ -63,7 +63,7 @@ _COMMERCE_CONTEXT = ("店", "馆", "铺", "专卖", "旗舰", "包邮", "正品"
 
 def _title_cut(word: str) -> int:
     """How many trailing characters of a name-tagged word are a title (王老师 -> 2)."""
-    return next((k for k in (3, 2, 1) if len(word) > k and word[-k:] in tf._TITLES), 0)
+    return next((k for k in (3, 2, 1) if len(word) > k and word[-k:] in names.TITLES), 0)
 
 
 # Words right before a name (女儿豆豆, 摄影师高原, 作者：贺子墨): the word after one is a candidate.
@@ -72,7 +72,7 @@ _ROLES = frozenset(
     "新郎 新娘 老公 老婆 妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 学生 选手 队员 编辑 校对 出镜 模特 博主 画家 歌手 演员 艺术家 老艺术家 "
     "本人 员工 企业家 冠军 嘉宾 讲师 医生 教练 网友 小朋友".split()
 )
-# Titles after a bare surname besides text_filters' (何院士, 苗老板娘, 牛村长).
+# Titles after a bare surname besides names.TITLES (何院士, 苗老板娘, 牛村长).
 _MORE_TITLES = frozenset("院士 老板娘 村长 总工 厂长 馆长 科长 处长 部长 会长 组长 班长 老爷子 婆婆 嫂子 姑娘".split())
 SOURCES = ("lac", "posseg", "prefix", "suffix", "role", "title", "pattern", "joined")
 
@@ -85,9 +85,9 @@ def candidate_spans(analysis: LacAnalysis, posseg_pairs: list[tuple[str, str]]) 
     found: dict[tuple[int, int], set[str]] = {}
 
     def add(start: int, end: int, source: str) -> None:
-        while start < end and not tf._is_word(caption[start]):  # LAC keeps a leading space or mark in a word
+        while start < end and not names.is_word(caption[start]):  # LAC keeps a leading space or mark in a word
             start += 1
-        while end > start and not tf._is_word(caption[end - 1]):
+        while end > start and not names.is_word(caption[end - 1]):
             end -= 1
         if end > start:
             found.setdefault((start, end), set()).add(source)
@@ -102,28 +102,28 @@ def candidate_spans(analysis: LacAnalysis, posseg_pairs: list[tuple[str, str]]) 
     for start, end, source in tagged:
         word = caption[start:end]
         add(start, end - _title_cut(word), source)
-        if end - start >= 3 and not tf._JOINER_SET.intersection(word):
+        if end - start >= 3 and not names.JOINER_SET.intersection(word):
             for k in (2, 3):  # 杨紫琼|奥斯卡, 模范|唐建华, 索隆|山治: a word glued to the name
                 if start + k < end:
                     add(start, start + k, "prefix")
                     add(end - k, end, "suffix")
     for i, (start, end, word) in enumerate(words):
         if word in _ROLES and i + 1 < len(words):
-            following = next((w for w in words[i + 1:i + 3] if tf._CJK_WORD.fullmatch(w[2])), None)
+            following = next((w for w in words[i + 1:i + 3] if names.CJK_WORD.fullmatch(w[2])), None)
             if following and following[1] - following[0] <= 4:
                 add(following[0], following[1], "role")
-        if tf._CJK_WORD.fullmatch(word) and len(word) == 2 and (word[0] == word[1] or word[0] in "老小阿"):
+        if names.CJK_WORD.fullmatch(word) and len(word) == 2 and (word[0] == word[1] or word[0] in "老小阿"):
             add(start, end, "pattern")
     for i, char in enumerate(caption[:-1]):
-        if char in tf._SURNAMES_SINGLE and (i == 0 or not tf._CJK.match(caption[i - 1]) or caption[i - 1] in "的和与、"):
-            if any(caption.startswith(title, i + 1) for title in tf._TITLES | _MORE_TITLES):
+        if char in names.SURNAMES_SINGLE and (i == 0 or not names.CJK.match(caption[i - 1]) or caption[i - 1] in "的和与、"):
+            if any(caption.startswith(title, i + 1) for title in names.TITLES | _MORE_TITLES):
                 add(i, i + 1, "title")
     for start, end in list(found):  # 杰克|·|伦敦: a candidate next to a joiner spans the word across it
-        if end < len(caption) and caption[end] in tf._JOINER_SET:
+        if end < len(caption) and caption[end] in names.JOINER_SET:
             after = next((w for w in words if w[0] == end + 1), None)
             if after:
                 add(start, after[1], "joined")
-        if start > 0 and caption[start - 1] in tf._JOINER_SET:
+        if start > 0 and caption[start - 1] in names.JOINER_SET:
             before = next((w for w in words if w[1] == start - 1), None)
             if before:
                 add(before[0], end, "joined")
@@ -161,7 +161,7 @@ class _CaptionContext:
         for word, tag in analysis.words():
             words.append((position, position + len(word), tag))
             position += len(word)
-        return cls(analysis, tokens, tf._token_offsets(tokens), words)
+        return cls(analysis, tokens, names.token_offsets(tokens), words)
 
 
 def span_features(context: _CaptionContext, start: int, end: int, sources: frozenset[str],
@@ -176,17 +176,17 @@ def span_features(context: _CaptionContext, start: int, end: int, sources: froze
     features["per_label_share"] = sum(label.startswith("PER") for label in context.analysis.labels[start:end]) / length
     features.update({f"length={k}": float(length == k) for k in (1, 2, 3, 4)})
     features["length>=5"] = float(length >= 5)
-    features["surname"] = float(span[0] in tf._SURNAMES_SINGLE)
-    features["compound_surname"] = float(span[:2] in tf._SURNAMES_COMPOUND)
-    features["transliteration"] = float(all(c in tf._TRANSLIT for c in span))
-    features["joiner"] = float(bool(tf._JOINER_SET.intersection(span)))
-    features["not_name_final"] = float(span[-1] in tf._NOT_NAME_FINAL)
-    features["not_in_given_name"] = float(any(c in tf._NOT_IN_GIVEN_NAMES for c in span[1:]))
+    features["surname"] = float(span[0] in names.SURNAMES_SINGLE)
+    features["compound_surname"] = float(span[:2] in names.SURNAMES_COMPOUND)
+    features["transliteration"] = float(all(c in names.TRANSLITERATION_CHARS for c in span))
+    features["joiner"] = float(bool(names.JOINER_SET.intersection(span)))
+    features["not_name_final"] = float(span[-1] in names.NOT_NAME_FINALS)
+    features["not_in_given_name"] = float(any(c in names.NOT_IN_GIVEN_NAMES for c in span[1:]))
     frequency = frequencies.get(span, 0) or 0
     features["dictionary_word"] = float(frequency > 0)
     features["log_frequency"] = math.log(frequency + 1) / 12
     features.update(_one_hot("word_tag", _jieba_class(word_tags.get(span)) if frequency > 0 else "none", _JIEBA_TAGS))
-    features["two_character_name_list"] = float(span in tf._load_two_character_names())
+    features["two_character_name_list"] = float(span in names.load_two_character_names())
     cover = next((i for i, o in enumerate(offsets) if o <= start and end <= o + len(tokens[i])), None)
     inside = cover is not None and len(tokens[cover]) > length
     features["inside_longer_token"] = float(inside)
@@ -203,16 +203,16 @@ def span_features(context: _CaptionContext, start: int, end: int, sources: froze
     features["at_end"] = float(end == len(caption))
     features["token_boundary_after"] = float(after is not None or end == len(caption))
     features["token_boundary_before"] = float(before is not None or start == 0)
-    features["title_after"] = float(end < len(caption) and any(caption[end:end + k] in tf._TITLES for k in (1, 2, 3)))
+    features["title_after"] = float(end < len(caption) and any(caption[end:end + k] in names.TITLES for k in (1, 2, 3)))
     features["particle_after"] = float(next_char in _PARTICLES or next_token in _PARTICLES)
     features["particle_before"] = float(previous_char in _PARTICLES)
     features["shop_mark_after"] = float(next_char in _SHOP_MARKS)
-    features["punctuation_after"] = float(bool(next_char) and not tf._is_word(next_char))
-    features["punctuation_before"] = float(bool(previous_char) and not tf._is_word(previous_char))
-    features["product_after"] = float(bool(next_token) and next_token[-1] in tf._PRODUCT_ENDINGS)
-    features["dish_or_place_after"] = float(bool(next_token) and next_token[-1] in tf._DISH_OR_PLACE_ENDINGS)
-    features["not_name_final_after"] = float(bool(next_token) and next_token[-1] in tf._NOT_NAME_FINAL)
-    features["photo_word_after"] = float(any(word in caption[end:end + 8] for word in tf._PHOTO_WORDS))
+    features["punctuation_after"] = float(bool(next_char) and not names.is_word(next_char))
+    features["punctuation_before"] = float(bool(previous_char) and not names.is_word(previous_char))
+    features["product_after"] = float(bool(next_token) and next_token[-1] in names.PRODUCT_ENDINGS)
+    features["dish_or_place_after"] = float(bool(next_token) and next_token[-1] in names.DISH_OR_PLACE_ENDINGS)
+    features["not_name_final_after"] = float(bool(next_token) and next_token[-1] in names.NOT_NAME_FINALS)
+    features["photo_word_after"] = float(any(word in caption[end:end + 8] for word in names.PHOTO_WORDS))
     features["quote_after"] = float(next_char in _QUOTES)
     features.update(_one_hot("next_word_tag", _jieba_class(word_tags.get(next_token)) if next_token else "none", _JIEBA_TAGS))
     features.update(_one_hot("previous_word_tag", _jieba_class(word_tags.get(previous_token)) if previous_token else "none", _JIEBA_TAGS))
@@ -238,7 +238,7 @@ def select_spans(caption: str, scored: list[tuple[float, tuple[int, int]]], thre
     for probability, (start, end) in sorted(scored, key=lambda item: (-item[0], item[1])):
         if probability >= threshold and all(end <= s or start >= e for s, e in kept):
             kept.append((start, end))
-    return tf._merge_joined(sorted(kept), caption)
+    return names.merge_joined(sorted(kept), caption)
 
 
 class NameSpanClassifier:
@@ -353,7 +353,7 @@ def fit_name_span_classifier(features: list[dict[str, float]], vectors: list[tor
 def describe_candidates(analyses: list[LacAnalysis], token_lists: list[list[str]],
                         posseg_lists: list[list[tuple[str, str]]]) -> list[list[tuple[tuple[int, int], dict, torch.Tensor]]]:
     """Per caption (LAC analysis, jieba tokens, jieba.posseg pairs) -> its candidates as (span, features, vector)."""
-    jieba, posseg = tf._jieba()
+    jieba, posseg = names.load_jieba()
     word_tags, frequencies = posseg.dt.word_tag_tab, jieba.dt.FREQ
     described = []
     for analysis, tokens, pairs in zip(analyses, token_lists, posseg_lists):
@@ -367,7 +367,7 @@ def analyse_captions(captions: list[str], tagger=None) -> list[list[tuple[tuple[
     """captions -> per caption, its candidates as (span, features, vector) (runs LAC, jieba and jieba.posseg)."""
     from .name_tagger import LacTagger
 
-    jieba, posseg = tf._jieba()
+    jieba, posseg = names.load_jieba()
     tagger = tagger or LacTagger()
     return describe_candidates(tagger.analyse(captions), [jieba.lcut(c) for c in captions],
                                [[(p.word, p.flag) for p in posseg.cut(c)] for c in captions])
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     flat = [(e, span, f, v) for e, candidates in zip(examples, described) for span, f, v in candidates]
     # A span is a positive when it is exactly a labelled name: a piece of one (胡 of 胡歌) would be a correct but
     # incomplete mask, and preferring pieces costs recall.
-    targets = [span in tf.labelled_name_spans(e["caption"], e["names"]) for e, span, _, _ in flat]
+    targets = [span in names.labelled_name_spans(e["caption"], e["names"]) for e, span, _, _ in flat]
     # Leave-one-split-out: each split is scored by a classifier fitted on the others.
     probabilities = torch.zeros(len(flat), dtype=torch.float64)
     for held_out in splits:
@@ -411,11 +411,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"cross-validation: {held_out} scored", flush=True)
     # The threshold keeps both halves of the target as far from failing as cross-validation can tell: it maximises
     # the smaller of (precision - target precision) and (recall - jieba.posseg's recall on the same captions).
-    posseg = dict(zip((e["caption"] for e in examples), tf.find_name_spans([e["caption"] for e in examples], "posseg")))
-    posseg_recall = tf.name_masking_scores(examples, posseg.__getitem__)["recall"]
+    _, posseg_tagger = names.load_jieba()
+    posseg = {e["caption"]: names.posseg_spans((p.word, p.flag) for p in posseg_tagger.cut(e["caption"])) for e in examples}
+    posseg_recall = names.name_masking_scores(examples, posseg.__getitem__)["recall"]
     curve = {}
     for threshold in [round(0.01 * k, 2) for k in range(50, 96)]:
-        score = tf.name_masking_scores(examples, _selected(examples, described, probabilities, threshold).__getitem__)
+        score = names.name_masking_scores(examples, _selected(examples, described, probabilities, threshold).__getitem__)
         curve[threshold] = {"precision": score["precision"], "recall": score["recall"]}
         print(f"threshold {threshold:.2f}: cross-validated precision {score['precision']:.3f} recall {score['recall']:.3f}")
     threshold = max(curve, key=lambda t: min(curve[t]["precision"] - args.target_precision, curve[t]["recall"] - posseg_recall))

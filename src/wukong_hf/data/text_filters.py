@@ -19,6 +19,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .caption_counts import caption_hash
+from .names import (
+    CJK, CJK_WORD, DISH_OR_PLACE_ENDINGS, JOINER_SET, NAME_JOINERS, NOT_IN_GIVEN_NAMES, NOT_NAME_FINALS, PHOTO_WORDS,
+    PRODUCT_ENDINGS, SURNAMES_COMPOUND, SURNAMES_SINGLE, TITLES, TRANSLITERATION_CHARS, is_word, labelled_name_spans,
+    load_jieba, load_two_character_names, merge_joined, name_masking_scores, posseg_spans, token_offsets,
+)
 
 __all__ = [
     "NAME_TOKEN",
@@ -46,55 +51,7 @@ DROP_REASONS = ("meaningless", "sensitive_word", "frequent_caption", "too_few_wo
 
 _FILE_NAME = re.compile(r"^[\w\-. ()\[\]]*\.(jpe?g|png|gif|webp|bmp|tiff?|heic|svg)$", re.IGNORECASE)
 _BARE_URL = re.compile(r"^(https?://|ftp://|www\.)\S*$", re.IGNORECASE)
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_CJK_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
-# The ~130 most common Chinese surnames (by population) and the compound ones: jieba's HMM finds names
-# outside its dictionary as 2-3 character words, and they nearly always start with one of these.
-_SURNAMES_SINGLE = set(
-    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何林高罗郑梁谢宋唐许韩邓冯曹彭曾肖田董潘袁蔡蒋余于杜叶程魏苏吕丁任卢"
-    "姚沈钟姜崔谭陆范汪廖石金韦贾夏付方邹熊白孟秦邱侯江尹薛闫段雷龙黎史陶贺毛郝顾龚邵万覃武钱戴严欧莫孔向"
-    "常汤康易乔赖文施洪辛柯庞樊兰殷詹聂章倪耿关岳霍齐颜葛牛温季左梅俞"
-)
-_SURNAMES_COMPOUND = {"欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文", "司徒", "夏侯",
-                      "令狐", "端木", "西门", "南宫", "独孤", "轩辕", "呼延", "申屠", "澹台", "太史", "赫连"}
-# Words that follow a surname to address a person (王老师, 李女士): the surname alone is the name.
-_TITLES = frozenset(
-    "先生 女士 老师 医生 教授 同学 阿姨 师傅 经理 校长 大爷 奶奶 叔叔 老板 小姐 太太 夫人 主任 局长 律师 院长 警官 "
-    "大夫 老先生 爷爷 大妈 大姐 大哥 阿婆 老太 总 姐 哥 董 老 工 博士 导演 主编 同志 书记 队长 师父 掌柜 教练 护士".split()
-)
-# Characters used to transliterate foreign names (贝克汉姆, 乔布斯): a 3+ character name-tagged word made of
-# them alone is a foreign name even without a Chinese surname.
-_TRANSLIT = set(
-    "阿埃艾爱安奥巴拜班邦鲍贝本比彼毕宾波伯博布查达戴丹道德迪蒂丁杜多厄恩尔法菲费芬弗福盖甘戈格古哈海汉豪赫亨霍"
-    "基吉加贾杰金卡凯坎康考柯科克肯库拉莱兰朗劳勒雷里利莉丽连林琳卢鲁路伦罗洛马玛迈麦曼梅蒙米密莫姆穆纳娜奈内"
-    "尼涅纽诺欧帕潘佩皮普奇齐乔琼丘萨塞赛桑森沙莎尚舍什史斯松苏索塔泰坦汤唐特提托瓦万威韦维温沃乌武西希谢辛休"
-    "雅亚延扬伊因英尤约泽扎詹朱兹佐夫芙奎瑞乐赞琪黛露妮丝蕾芭汀伍珀"
-)
-# Characters (almost) never in a Chinese given name: food, cooking, objects, buildings, media. A word
-# found by the HMM that holds one after its surname (黄焖, 杨枝, 石锅) is an everyday word.
-_NOT_IN_GIVEN_NAMES = set(
-    "焖炒煮炖烤炸蒸煎卤腌锅碗盘饭面肉汤糕饼酱醋糖盐粥奶蛋虾蟹鸡鸭鹅猪菜瓜豆枝根茎藤卡欧"
-    "网件型号款版图片像视频屏纸墙砖柜架床桌椅窗灯箱袋鞋袜裤裙衫帽店厂市区县镇村街楼房室厅站岛桥塔寺庙殿"
-    "在了是的被把给从对着过吗呢吧啊都就才又还也腰腿脚臂肩胸背腹颈脖耳鼻嘴唇牙舌"
-)
-# Last characters of places, plants, animals, objects and positions, not of given names: jieba tags
-# 金字塔, 胡萝卜, 石英表, 黄鹤楼 nr, and they start with a surname.
-_NOT_NAME_FINAL = _NOT_IN_GIVEN_NAMES | set(
-    "市县区镇村乡省州岛港湾湖河溪桥塔楼阁亭寺庙殿宫街巷路洞站场厂店馆院城墙门角口庄坊花草树藤叶果卜菜瓜豆"
-    "犬猫狗鸭鸡鹅鱼虾蟹熊虎牛羊猪兔鼠蛇龟鸟雀鹰鹤马鹿驴骡狼豹象猴狮蝶蛙鸽鸥雁蜂蚁蚕"
-    "柜架表杯壶瓶灯椅床桌锅碗盘鞋靴包裙衫裤帽伞车机器笔纸窗板砖"
-    "箱盒袋镜钟锁扣链肉饭面糕饼汤粥酒奶茶糖粉酱序赋图画词诗帖经记上下里中外内旁边前后们的"
-)
-# One-character words that make an HMM-found 2-character word before them a dish, an animal or a place
-# (白切 鸡, 周黑 鸭, 雷峰 塔), not a name.
-_DISH_OR_PLACE_ENDINGS = frozenset("鸡鸭鹅鱼虾蟹猪牛羊兔饭面糕饼汤粥酒茶糖粉酱肉菜瓜豆花草树果塔楼桥寺庙殿宫街路店馆")
-# Last characters of product nouns (剪刀, 药膏, 吹风机, 运动服; common nouns, not events like 世界杯/nz): a
-# "name" right before one is a brand (张小泉 剪刀, 马应龙 药膏), unless a photo word follows (肖战 手机 壁纸).
-_PRODUCT_ENDINGS = frozenset("机器仪包鞋靴服裤裙衫帽镜膏霜液油粉茶酒面刀剪锅杯壶瓶链镯戒环钻笔灯柜架床桌椅箱盒袋表车")
-_PHOTO_WORDS = frozenset("壁纸 图片 照片 写真 剧照 海报 头像 表情包 截图 视频 高清 签名 同款 照 图 美图 大片 街拍 素材".split())
-_NAME_JOINERS = ("·", "•", "・")  # 泰勒·斯威夫特: both sides of the dot are one name
-_JOINER_SET = frozenset(_NAME_JOINERS)
-_JOINERS_AND_TITLES = _JOINER_SET | _TITLES
+_JOINERS_AND_TITLES = JOINER_SET | TITLES
 
 
 # Common last characters of given names that jieba's dictionary also ends many everyday words with.
@@ -109,16 +66,9 @@ def _everyday_finals(word_tags: dict) -> frozenset[str]:
         if len(word) == 3:
             if not tag.startswith("nr"):
                 words[word[2]] += 1
-            elif word[0] in _SURNAMES_SINGLE:
+            elif word[0] in SURNAMES_SINGLE:
                 names[word[2]] += 1
     return frozenset(ch for ch, n in words.items() if n >= 30 and n >= 8 * (names[ch] + 1) and ch not in _GIVEN_NAME_FINALS)
-
-
-def _load_two_character_names() -> frozenset[str]:
-    from importlib import resources
-
-    text = (resources.files("wukong_hf") / "resources" / "two_character_names.txt").read_text(encoding="utf-8")
-    return frozenset(word for line in text.splitlines() if not line.startswith("#") for word in line.split())
 
 
 def is_meaningless(caption: str) -> bool:
@@ -144,45 +94,10 @@ def load_sensitive_words(path: str | os.PathLike) -> list[str]:
     return words
 
 
-def _is_word(token: str) -> bool:
-    return any(unicodedata.category(ch)[0] in "LN" for ch in token)
-
-
-def _jieba():
-    import jieba
-    import jieba.posseg
-
-    jieba.setLogLevel(60)
-    jieba.initialize()
-    return jieba, jieba.posseg
-
-
 def mask_names_posseg(caption: str) -> str:
     """Reference name masking: every jieba.posseg token tagged nr* becomes "<人名>" (about 670 captions/s)."""
-    _, posseg = _jieba()
+    _, posseg = load_jieba()
     return "".join(NAME_TOKEN if pair.flag.startswith("nr") else pair.word for pair in posseg.cut(caption))
-
-
-def _posseg_spans(pairs) -> list[tuple[int, int]]:
-    pairs = list(pairs)  # (word, flag) pairs, possibly a generator
-    offsets = _token_offsets([word for word, _ in pairs])
-    return [(start, start + len(word)) for start, (word, flag) in zip(offsets, pairs) if flag.startswith("nr")]
-
-
-def _token_offsets(tokens: list[str]) -> list[int]:
-    """Start character of each token in "".join(tokens)."""
-    return [0, *itertools.accumulate(map(len, tokens))][: len(tokens)]
-
-
-def _merge_joined(spans, caption: str) -> list[tuple[int, int]]:
-    """Sorted name spans with two names joined by one "·" merged: 泰勒·斯威夫特 is one name, one "<人名>"."""
-    merged: list[tuple[int, int]] = []
-    for start, end in spans:
-        if merged and start == merged[-1][1] + 1 and caption[start - 1] in _NAME_JOINERS:
-            merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def apply_name_spans(caption: str, spans: list[tuple[int, int]]) -> str:
@@ -211,22 +126,22 @@ class NameMasker:
     """
 
     def __init__(self):
-        jieba, posseg = _jieba()
+        jieba, posseg = load_jieba()
         self.jieba = jieba
         self.word_tags = posseg.dt.word_tag_tab
-        self.two_character_names = _load_two_character_names()
-        self.three_character_finals = _NOT_NAME_FINAL | _everyday_finals(self.word_tags)
+        self.two_character_names = load_two_character_names()
+        self.three_character_finals = NOT_NAME_FINALS | _everyday_finals(self.word_tags)
 
     @staticmethod
     def _surname_length(token: str) -> int:
-        if token[:2] in _SURNAMES_COMPOUND:
+        if token[:2] in SURNAMES_COMPOUND:
             return 2
-        return 1 if token[:1] in _SURNAMES_SINGLE else 0
+        return 1 if token[:1] in SURNAMES_SINGLE else 0
 
     @staticmethod
     def _title_suffix(token: str) -> int:
         """Length of a title ending token after at least two other characters (居里夫人 -> 2), else 0."""
-        return next((k for k in (1, 2) if len(token) - k >= 2 and token[-k:] in _TITLES), 0)
+        return next((k for k in (1, 2) if len(token) - k >= 2 and token[-k:] in TITLES), 0)
 
     def _starts_with_word(self, token: str) -> bool:
         """A 3-character word whose first two characters are a common dictionary word (frequency >= 50) other
@@ -236,7 +151,7 @@ class NameMasker:
 
     def is_name(self, token: str) -> bool:
         """Whether one jieba token, taken alone, is a person name (the context rules are in `spans`)."""
-        if not _CJK_WORD.fullmatch(token):
+        if not CJK_WORD.fullmatch(token):
             return False
         surname = self._surname_length(token)
         tag = self.word_tags.get(token)
@@ -249,19 +164,19 @@ class NameMasker:
                 return 3 <= len(token) <= 4
             if surname == 1:
                 return len(token) == 3 and token[-1] not in self.three_character_finals and not self._starts_with_word(token)
-            return len(token) >= 3 and all(ch in _TRANSLIT for ch in token)
+            return len(token) >= 3 and all(ch in TRANSLITERATION_CHARS for ch in token)
         if surname == 2:  # found by the HMM
-            return 3 <= len(token) <= 4 and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[2:])
+            return 3 <= len(token) <= 4 and not any(ch in NOT_IN_GIVEN_NAMES for ch in token[2:])
         if surname == 1:
-            finals = _NOT_NAME_FINAL if len(token) == 2 else self.three_character_finals
-            return 2 <= len(token) <= 3 and token[-1] not in finals and not any(ch in _NOT_IN_GIVEN_NAMES for ch in token[1:])
-        return len(token) >= 3 and all(ch in _TRANSLIT for ch in token)
+            finals = NOT_NAME_FINALS if len(token) == 2 else self.three_character_finals
+            return 2 <= len(token) <= 3 and token[-1] not in finals and not any(ch in NOT_IN_GIVEN_NAMES for ch in token[1:])
+        return len(token) >= 3 and all(ch in TRANSLITERATION_CHARS for ch in token)
 
     def spans(self, tokens: list[str]) -> list[tuple[int, int]]:
         """jieba tokens of one caption -> sorted (start, end) character spans of names in "".join(tokens)."""
         n = len(tokens)
-        offsets = _token_offsets(tokens)
-        cjk = [_CJK_WORD.fullmatch(token) is not None for token in tokens]
+        offsets = token_offsets(tokens)
+        cjk = [CJK_WORD.fullmatch(token) is not None for token in tokens]
         tags = [self.word_tags.get(token) for token in tokens]
         marks: list[tuple[int, int] | None] = [None] * n
         for i, token in enumerate(tokens):
@@ -273,70 +188,70 @@ class NameMasker:
                 continue  # most tokens: an everyday dictionary word (fast path, no rule below can apply)
             start = offsets[i]
             following = tokens[i + 1] if i + 1 < n else ""
-            if surname and len(token) > surname and token[surname:] in _TITLES:  # 李女士 -> 李
+            if surname and len(token) > surname and token[surname:] in TITLES:  # 李女士 -> 李
                 marks[i] = (start, start + surname)
-            elif surname and len(token) == surname and following in _TITLES:  # 王 老师 -> 王
+            elif surname and len(token) == surname and following in TITLES:  # 王 老师 -> 王
                 marks[i] = (start, start + surname)
             elif cjk[i] and len(token) >= 3 and (tags[i] or "").startswith("nr") and self._title_suffix(token):
                 marks[i] = (start, start + len(token) - self._title_suffix(token))  # 居里夫人 -> 居里
             elif surname and tags[i] is None and len(token) > surname + 1 and self._title_suffix(token[: surname + 2]) == 0 \
-                    and any(token[surname:surname + k] in _TITLES for k in (1, 2)):
+                    and any(token[surname:surname + k] in TITLES for k in (1, 2)):
                 marks[i] = (start, start + surname)  # found by the HMM with the title glued on: 吴总在 -> 吴
             elif len(token) >= 3 and token.endswith("家") and self.is_name(token[:-1]):
                 marks[i] = (start, start + len(token) - 1)  # 张伟家 -> 张伟
-            elif self.is_name(token) and not (tags[i] is None and len(token) == 2 and following in _DISH_OR_PLACE_ENDINGS):
+            elif self.is_name(token) and not (tags[i] is None and len(token) == 2 and following in DISH_OR_PLACE_ENDINGS):
                 marks[i] = (start, start + len(token))  # (白切 鸡, 周黑 鸭: a dish or an animal, not a name)
             elif cjk[i] and len(token) >= 4 and (tags[i] or "").startswith("nr") and token[:2] in self.two_character_names:
                 marks[i] = (start, start + 2)  # 鲁迅故居, 武松打虎 -> the name only
-            elif 2 <= len(token) <= 3 and surname and following in _TITLES:
+            elif 2 <= len(token) <= 3 and surname and following in TITLES:
                 marks[i] = (start, start + len(token))  # any surname-led word before a title: 高峰 老师
-        if not any(marks) and not any(token[:1] in _SURNAMES_SINGLE or token in _SURNAMES_COMPOUND for token in tokens) \
+        if not any(marks) and not any(token[:1] in SURNAMES_SINGLE or token in SURNAMES_COMPOUND for token in tokens) \
                 and not _JOINERS_AND_TITLES.intersection(tokens):
             return []  # no name, surname, title or joiner: nothing below can apply (fast path)
         for i in range(n - 1):  # a brand before its product: 马应龙 药膏, 戴森 吹风机
             if (marks[i] and marks[i] == (offsets[i], offsets[i] + len(tokens[i])) and cjk[i + 1] and len(tokens[i + 1]) >= 2
-                    and tokens[i + 1][-1] in _PRODUCT_ENDINGS and tags[i + 1] in (None, "n") and not _PHOTO_WORDS & set(tokens[i + 1:i + 4])):
+                    and tokens[i + 1][-1] in PRODUCT_ENDINGS and tags[i + 1] in (None, "n") and not PHOTO_WORDS & set(tokens[i + 1:i + 4])):
                 marks[i] = None
         i = 0
         while i < n - 1:  # names jieba cut in two
             token, nxt = tokens[i], tokens[i + 1]
-            if cjk[i] and cjk[i + 1] and nxt not in _TITLES:
+            if cjk[i] and cjk[i + 1] and nxt not in TITLES:
                 nxt_tag = tags[i + 1]
-                if (len(token) == 1 and token in _SURNAMES_SINGLE and marks[i] is None and len(nxt) <= 2
+                if (len(token) == 1 and token in SURNAMES_SINGLE and marks[i] is None and len(nxt) <= 2
                         and (nxt_tag is None or nxt_tag.startswith("nr"))
-                        and not (nxt_tag is None and nxt[-1] in _NOT_NAME_FINAL)):
+                        and not (nxt_tag is None and nxt[-1] in NOT_NAME_FINALS)):
                     marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + len(nxt)), None  # 蔡 徐坤, 杜 海涛
                     i += 2
                     continue
-                if len(token) == 2 and token in _SURNAMES_COMPOUND and (len(nxt) == 1 or (len(nxt) == 2 and (nxt_tag is None or nxt_tag.startswith("nr")))):
+                if len(token) == 2 and token in SURNAMES_COMPOUND and (len(nxt) == 1 or (len(nxt) == 2 and (nxt_tag is None or nxt_tag.startswith("nr")))):
                     marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + len(nxt)), None  # 皇甫 军, 欧阳 娜娜
                     i += 2
                     continue
-                if (len(token) == 2 and token[0] in _SURNAMES_SINGLE and len(nxt) == 1 and (nxt_tag or "").startswith("nr")
+                if (len(token) == 2 and token[0] in SURNAMES_SINGLE and len(nxt) == 1 and (nxt_tag or "").startswith("nr")
                         and (marks[i] is not None or tags[i] is None)):
                     marks[i], marks[i + 1] = (offsets[i], offsets[i + 1] + 1), None  # 彭于 晏
                     i += 2
                     continue
             i += 1
-        for i, token in enumerate(tokens if _JOINER_SET.intersection(tokens) else ()):
-            if token in _NAME_JOINERS and 0 < i < n - 1:  # 奥黛丽 · 赫本
+        for i, token in enumerate(tokens if JOINER_SET.intersection(tokens) else ()):
+            if token in NAME_JOINERS and 0 < i < n - 1:  # 奥黛丽 · 赫本
                 if marks[i - 1] and not marks[i + 1] and cjk[i + 1]:
                     after = tokens[i + 1]
                     length = len(after) if self.is_name(after) or len(after) <= 3 else next(
-                        (k for k in range(len(after), 1, -1) if set(after[:k]) <= _TRANSLIT), len(after))
+                        (k for k in range(len(after), 1, -1) if set(after[:k]) <= TRANSLITERATION_CHARS), len(after))
                     marks[i + 1] = (offsets[i + 1], offsets[i + 1] + length)  # 朱莉红毯 -> 朱莉
                 if marks[i + 1] and not marks[i - 1] and cjk[i - 1]:
                     marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))
-                if not marks[i - 1] and not marks[i + 1] and all(cjk[j] and set(tokens[j]) <= _TRANSLIT for j in (i - 1, i + 1)):
+                if not marks[i - 1] and not marks[i + 1] and all(cjk[j] and set(tokens[j]) <= TRANSLITERATION_CHARS for j in (i - 1, i + 1)):
                     marks[i - 1] = (offsets[i - 1], offsets[i - 1] + len(tokens[i - 1]))  # 哈利 · 波特
                     marks[i + 1] = (offsets[i + 1], offsets[i + 1] + len(tokens[i + 1]))
-        has_title = not _TITLES.isdisjoint(tokens)
+        has_title = not TITLES.isdisjoint(tokens)
         covered = {position for mark in marks if mark for position in range(*mark)} if has_title else set()
         for i in range(n - 2 if has_title else 0):  # 孙 建华 先生: a surname, two characters, a title
-            if (tokens[i + 2] in _TITLES and tokens[i] in _SURNAMES_SINGLE and len(tokens[i + 1]) == 2 and cjk[i + 1]
+            if (tokens[i + 2] in TITLES and tokens[i] in SURNAMES_SINGLE and len(tokens[i + 1]) == 2 and cjk[i + 1]
                     and offsets[i] not in covered and offsets[i + 1] not in covered):
                 marks[i] = (offsets[i], offsets[i] + 3)
-        return _merge_joined(sorted(mark for mark in marks if mark), "".join(tokens))
+        return merge_joined(sorted(mark for mark in marks if mark), "".join(tokens))
 
     def __call__(self, caption: str) -> str:
         """caption -> caption with every person name replaced by "<人名>"."""
@@ -358,7 +273,7 @@ class TaggerNameMasker:
         from .name_classifier import NameSpanClassifier
         from .name_tagger import LacTagger
 
-        self.jieba, self.posseg = _jieba()
+        self.jieba, self.posseg = load_jieba()
         self.tagger = LacTagger(batch_size=batch_size)
         self.classifier = NameSpanClassifier.from_file()
 
@@ -398,8 +313,8 @@ def find_name_spans(captions: list[str], masker: str = NAME_MASKERS[0]) -> list[
     if masker not in NAME_MASKERS:
         raise ValueError(f"masker must be one of {', '.join(map(repr, NAME_MASKERS))}, got {masker!r}")
     if masker == "posseg":
-        _, posseg = _jieba()
-        return [_posseg_spans((p.word, p.flag) for p in posseg.cut(caption)) for caption in captions]
+        _, posseg = load_jieba()
+        return [posseg_spans((p.word, p.flag) for p in posseg.cut(caption)) for caption in captions]
     if masker == "tagger":
         return _masker("tagger").spans_batch(list(captions))
     fast = _masker("fast")
@@ -409,58 +324,6 @@ def find_name_spans(captions: list[str], masker: str = NAME_MASKERS[0]) -> list[
 def name_spans(caption: str, masker: str = NAME_MASKERS[0]) -> list[tuple[int, int]]:
     """(start, end) character spans of the person names in one caption, as `masker` finds them."""
     return find_name_spans([caption], masker)[0]
-
-
-def labelled_name_spans(caption: str, names: list[str]) -> list[tuple[int, int]]:
-    """The (start, end) spans of names, found in caption in the given order; ValueError if one is missing."""
-    spans, position = [], 0
-    for name in names:
-        start = caption.find(name, position)
-        if start < 0:
-            raise ValueError(f"labelled name {name!r} is not in caption {caption!r} (after position {position})")
-        spans.append((start, start + len(name)))
-        position = start + len(name)
-    return spans
-
-
-def name_masking_scores(examples, find_spans) -> dict:
-    """Span precision and recall of a name finder on labelled captions.
-
-    examples: dicts {"caption", "names": [names in caption order]}; find_spans: caption -> [(start, end)].
-    A found span is correct when it lies inside one labelled name (masking 王 of 王老师 is right, masking
-    王老师 whole is not); a labelled name is found when its letters are all inside found spans (a "·"
-    between its parts may stay). Returns {"precision", "recall", "spans_found", "spans_correct",
-    "names", "names_found", "false_positives": [[text, caption]], "missed": [[name, caption]]}.
-    """
-    found = correct = names = names_found = 0
-    false_positives, missed = [], []
-    for example in examples:
-        caption = example["caption"]
-        gold = labelled_name_spans(caption, example["names"])
-        predicted = find_spans(caption)
-        covered = {position for start, end in predicted for position in range(start, end)}
-        for start, end in predicted:
-            found += 1
-            if any(g_start <= start and end <= g_end for g_start, g_end in gold):
-                correct += 1
-            else:
-                false_positives.append([caption[start:end], caption])
-        for start, end in gold:
-            names += 1
-            if all(i in covered for i in range(start, end) if _is_word(caption[i])):
-                names_found += 1
-            else:
-                missed.append([caption[start:end], caption])
-    return {
-        "precision": round(correct / found, 4) if found else 1.0,
-        "recall": round(names_found / names, 4) if names else 1.0,
-        "spans_found": found,
-        "spans_correct": correct,
-        "names": names,
-        "names_found": names_found,
-        "false_positives": false_positives,
-        "missed": missed,
-    }
 
 
 @dataclass
@@ -524,7 +387,7 @@ class CaptionFilter:
                 "and pass its result, or set max_occurrences=None to switch the filter off"
             )
         self.frequent_hashes = frequent_hashes or set()
-        self.jieba, self.posseg = _jieba()
+        self.jieba, self.posseg = load_jieba()
         masks = self.config.mask_names
         self.name_masker = NameMasker() if masks and self.config.name_masker == "fast" else None
         self.tagger = TaggerNameMasker() if masks and self.config.name_masker == "tagger" else None
@@ -564,12 +427,12 @@ class CaptionFilter:
             spans: list[tuple[int, int]] = []
             if cfg.mask_names and cfg.name_masker == "posseg":
                 pairs = [(p.word, p.flag) for p in self.posseg.cut(caption)]
-                tokens, spans = [word for word, _ in pairs], _posseg_spans(pairs)
+                tokens, spans = [word for word, _ in pairs], posseg_spans(pairs)
             else:
                 tokens = self.jieba.lcut(caption)
             if cfg.check_word_count:
-                n_words = sum(1 for token in tokens if _is_word(token))
-                if n_words < cfg.min_words or not _CJK.search(caption):
+                n_words = sum(1 for token in tokens if is_word(token))
+                if n_words < cfg.min_words or not CJK.search(caption):
                     results.append((None, "too_few_words"))
                     continue
                 if n_words > cfg.max_words:
