@@ -189,6 +189,26 @@ def test_cli_embed_folder_and_captions_file(tmp_path, capsys):
     assert texts.ids == ["1", "3"] and texts.features.token_embeds is None  # blank line 2 is no caption
 
 
+def test_cli_embed_folder_leaves_out_hidden_files_and_folders(tmp_path):
+    # Regression: `wukong embed --folder` walked the folder itself and embedded notebook checkpoints and
+    # macOS ._ files; it now uses the walk the Space index and export use (image_sources.image_files).
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints").mkdir()
+    images = random_images(4)
+    for image, name in zip(images, ["a.png", "b/c.png", "B.png"]):
+        image.save(folder / name)
+    images[3].save(folder / ".ipynb_checkpoints" / "a-checkpoint.png")
+    images[3].save(folder / "b" / ".hidden.png")
+    (folder / "._a.png").write_bytes(b"AppleDouble resource fork, not an image")
+    model = write_model(tmp_path, "tiny-global")
+    assert main(["embed", "images", "--folder", str(folder), "--model", model,
+                 "--out", str(tmp_path / "i.safetensors")]) == 0
+    embedded = load_embeddings(tmp_path / "i.safetensors")
+    assert embedded.ids == ["B.png", "a.png", "b/c.png"]  # sorted paths, as before; no hidden one
+    assert embedded.skipped == []
+
+
 def test_cli_embed_dataset_captions(tmp_path):
     import datasets
 
