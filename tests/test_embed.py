@@ -236,6 +236,35 @@ def test_cli_embed_bad_input_says_what_to_do(tmp_path, capsys, args, message):
     assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("grid", [(2, 3), None])
+def test_features_round_trip_through_a_safetensors_file(tmp_path, grid):
+    # The one conversion that embedding files, the text feature cache and the demo's index all use.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from wukong_hf.features import WukongImageFeatures, WukongTextFeatures
+
+    n1 = 7 if grid else 4
+    strided = torch.randn(n1, 3, 8).transpose(0, 1)  # not contiguous: safetensors needs to_tensors to fix that
+    images = WukongImageFeatures(torch.randn(3, 8), strided,
+                                 torch.rand(3, n1) > 0.3, grid=grid, num_prefix_tokens=1)
+    texts = WukongTextFeatures(torch.randn(2, 8), None, None, has_padding=torch.tensor([True, False]))
+    for features in (images, texts, images.without_tokens()):
+        tensors, metadata = features.to_tensors()
+        assert set(tensors) == {k for k, v in features._rows().items() if v is not None}
+        save_file(tensors, str(tmp_path / "f.safetensors"), metadata={"other": "kept apart", **metadata})
+        with safe_open(str(tmp_path / "f.safetensors"), framework="pt") as f:
+            back = type(features).from_tensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+        assert type(back) is type(features) and back.__dict__.keys() == features.__dict__.keys()
+        for name, value in features.__dict__.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(back, name), value), name
+            else:
+                assert getattr(back, name) == value, name
+    with pytest.raises(ValueError, match="no 'embeds' tensor"):
+        WukongTextFeatures.from_tensors({"token_embeds": torch.zeros(1, 2, 3)})
+
+
 def test_loading_a_missing_or_foreign_file_says_what_to_do(tmp_path):
     from safetensors.torch import save_file
 
