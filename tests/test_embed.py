@@ -189,6 +189,26 @@ def test_cli_embed_folder_and_captions_file(tmp_path, capsys):
     assert texts.ids == ["1", "3"] and texts.features.token_embeds is None  # blank line 2 is no caption
 
 
+def test_cli_embed_folder_leaves_out_hidden_files_and_folders(tmp_path):
+    # Regression: `wukong embed --folder` walked the folder itself and embedded notebook checkpoints and
+    # macOS ._ files; it now uses the walk the Space index and export use (image_sources.image_files).
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    (folder / ".ipynb_checkpoints").mkdir()
+    images = random_images(4)
+    for image, name in zip(images, ["a.png", "b/c.png", "B.png"]):
+        image.save(folder / name)
+    images[3].save(folder / ".ipynb_checkpoints" / "a-checkpoint.png")
+    images[3].save(folder / "b" / ".hidden.png")
+    (folder / "._a.png").write_bytes(b"AppleDouble resource fork, not an image")
+    model = write_model(tmp_path, "tiny-global")
+    assert main(["embed", "images", "--folder", str(folder), "--model", model,
+                 "--out", str(tmp_path / "i.safetensors")]) == 0
+    embedded = load_embeddings(tmp_path / "i.safetensors")
+    assert embedded.ids == ["B.png", "a.png", "b/c.png"]  # sorted paths, as before; no hidden one
+    assert embedded.skipped == []
+
+
 def test_cli_embed_dataset_captions(tmp_path):
     import datasets
 
@@ -214,6 +234,35 @@ def test_cli_embed_bad_input_says_what_to_do(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     assert main(["embed", *args, "--preset", "tiny-global", "--out", str(tmp_path / "o.safetensors")]) == 2
     assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grid", [(2, 3), None])
+def test_features_round_trip_through_a_safetensors_file(tmp_path, grid):
+    # The one conversion that embedding files, the text feature cache and the demo's index all use.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from wukong_hf.features import WukongImageFeatures, WukongTextFeatures
+
+    n1 = 7 if grid else 4
+    strided = torch.randn(n1, 3, 8).transpose(0, 1)  # not contiguous: safetensors needs to_tensors to fix that
+    images = WukongImageFeatures(torch.randn(3, 8), strided,
+                                 torch.rand(3, n1) > 0.3, grid=grid, num_prefix_tokens=1)
+    texts = WukongTextFeatures(torch.randn(2, 8), None, None, has_padding=torch.tensor([True, False]))
+    for features in (images, texts, images.without_tokens()):
+        tensors, metadata = features.to_tensors()
+        assert set(tensors) == {k for k, v in features._rows().items() if v is not None}
+        save_file(tensors, str(tmp_path / "f.safetensors"), metadata={"other": "kept apart", **metadata})
+        with safe_open(str(tmp_path / "f.safetensors"), framework="pt") as f:
+            back = type(features).from_tensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+        assert type(back) is type(features) and back.__dict__.keys() == features.__dict__.keys()
+        for name, value in features.__dict__.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(getattr(back, name), value), name
+            else:
+                assert getattr(back, name) == value, name
+    with pytest.raises(ValueError, match="no 'embeds' tensor"):
+        WukongTextFeatures.from_tensors({"token_embeds": torch.zeros(1, 2, 3)})
 
 
 def test_loading_a_missing_or_foreign_file_says_what_to_do(tmp_path):

@@ -296,6 +296,26 @@ def test_load_session_refuses_models_that_are_not_wukong(tmp_path):
         load_session(str(tmp_path / "bert"))
 
 
+def test_load_session_names_what_a_local_model_folder_lacks(tmp_path):
+    # Regression: a saved model without its processor was reported as "not a local folder, and the Hub did
+    # not give it"; the Space now loads through model_folders, whose message names the missing tokenizer.
+    model, _ = make_tiny()
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=r"model folder .*model has no tokenizer \(tokenizer.json\): save the "
+                                                r"processor beside the model"):
+        load_session(str(tmp_path / "model"))
+
+
+def test_load_session_offline_hub_id_says_the_hub_did_not_give_it(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network: the Hub id cannot be fetched
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import, so patch it too
+    with pytest.raises(FileNotFoundError, match=r"Cannot load --model nobody/no-such-wukong-model: not a local folder, "
+                                                r"and the Hub did not give it \(.*\); give a folder saved by"):
+        load_session("nobody/no-such-wukong-model")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "no/such/folder"], "no such folder, and not a Hub id"),
     (["--model", "{tmp}"], "is not a saved model folder (no config.json in it)"),

@@ -23,12 +23,12 @@ def _image_folder(folder: str) -> tuple[list, list[str]]:
     from functools import partial
 
     from .evaluation.encoding import open_rgb
-    from .evaluation.image_sources import IMAGE_EXTENSIONS
+    from .evaluation.image_sources import IMAGE_EXTENSIONS, image_files
 
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files, _ = image_files(root)  # the walk the Space index and export use: sorted, hidden files and folders left out
     if not files:
         raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
     return [partial(open_rgb, str(p)) for p in files], [p.relative_to(root).as_posix() for p in files]
@@ -164,7 +164,7 @@ def register(subparsers) -> None:
 
     i = sub.add_parser("images", help="images (a folder or a retrieval set) -> features file")
     source = i.add_mutually_exclusive_group(required=True)
-    source.add_argument("--folder", help="folder of image files, searched recursively; ids are paths relative to it")
+    source.add_argument("--folder", help="folder of image files, searched recursively (hidden files and folders skipped); ids are paths relative to it")
     source.add_argument("--data", help="a retrieval set (with --format); ids are its image ids")
     _add_set(i)
     _add_common(i, 64, 1024)

@@ -9,13 +9,19 @@ ensembles and word-patch pictures all take these two types and nothing else.
 Embeddings are L2-normalised; `token_mask` is True where a token takes part in token-wise
 scoring. `token_embeds`/`token_mask` may be None where only global scores are needed.
 
-This module imports only torch: it is copied next to the modeling file when a model is saved
-with remote code, so it must stay self-contained.
+Files of features (`wukong embed`, the text feature cache, the demo's search index) store them
+as safetensors through `to_tensors()` / `from_tensors(tensors, metadata)`: one tensor per
+per-item field, named after it, and the image layout as string metadata.
+
+This module imports only torch and the standard library: it is copied next to the modeling file
+when a model is saved with remote code, so it must stay self-contained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +65,28 @@ class _Features:
         return self.map_rows(
             lambda name, value: value.to(device=device, dtype=dtype if value.is_floating_point() else None)
         )
+
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """(tensors, metadata) for a safetensors file: every per-item tensor that is not None, by field
+        name (contiguous), and the fields that describe all rows as strings (images: grid, num_prefix_tokens)."""
+        tensors = {name: value.contiguous() for name, value in self._rows().items() if value is not None}
+        return tensors, self._layout_metadata()
+
+    def _layout_metadata(self) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> "_Features":
+        """The features `to_tensors` wrote: tensors by field name (others are ignored), metadata as it wrote
+        it (missing layout fields take their defaults). Raises ValueError without an `embeds` tensor."""
+        if "embeds" not in tensors:
+            raise ValueError(f"no 'embeds' tensor (it holds {sorted(tensors)})")
+        rows = {name: tensors[name] for name in cls.ROW_FIELDS if name in tensors}
+        return cls(**rows, **cls._layout_from_metadata(metadata or {}))
+
+    @classmethod
+    def _layout_from_metadata(cls, metadata: Mapping[str, str]) -> dict:
+        return {}
 
     def without_tokens(self) -> "_Features":
         """The same items without token embeddings (global scoring needs only `embeds`)."""
@@ -111,6 +139,14 @@ class WukongImageFeatures(_Features):
             )
         patches = self.token_embeds[:, self.num_prefix_tokens :]
         return patches.reshape(patches.shape[0], *self.grid, patches.shape[-1])
+
+    def _layout_metadata(self) -> dict[str, str]:
+        return {"grid": json.dumps(self.grid), "num_prefix_tokens": str(self.num_prefix_tokens)}
+
+    @classmethod
+    def _layout_from_metadata(cls, metadata: Mapping[str, str]) -> dict:
+        grid = json.loads(metadata.get("grid", "null"))
+        return {"grid": tuple(grid) if grid else None, "num_prefix_tokens": int(metadata.get("num_prefix_tokens", 0))}
 
 
 @dataclass

@@ -15,7 +15,16 @@ from pathlib import Path
 
 from .configuration_wukong import WukongConfig
 
-__all__ = ["load_model_config", "load_model_and_processor", "save_model_folder"]
+__all__ = ["NotAWukongModel", "load_model_config", "load_model_and_processor", "save_model_folder"]
+
+
+class NotAWukongModel(ValueError):
+    """A model folder or Hub id whose config.json names another model type; `model_type` holds it
+    (callers that word the error their own way, like the Space, read it)."""
+
+    def __init__(self, message: str, model_type: str | None):
+        super().__init__(message)
+        self.model_type = model_type
 
 
 def _looks_like_a_local_path(name: str) -> bool:
@@ -73,7 +82,7 @@ def load_model_config(name_or_path: str | None = None, preset: str | None = None
                 if model_type == "chinese_clip"
                 else "pass a Wukong model folder (`wukong convert --help` lists the checkpoints it converts)"
             )
-            raise ValueError(f"{name_or_path} holds a {model_type!r} model, not a Wukong model; {hint}.")
+            raise NotAWukongModel(f"{name_or_path} holds a {model_type!r} model, not a Wukong model; {hint}.", model_type)
         try:
             return WukongConfig.from_pretrained(name_or_path)
         except Exception as err:

@@ -49,7 +49,7 @@ __all__ = ["Embeddings", "embed_images", "embed_texts", "load_embeddings", "chec
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_FORMAT = "wukong-embeddings/1"
-_TENSORS = ("embeds", "token_embeds", "token_mask", "has_padding")
+_TENSORS = WukongTextFeatures.ROW_FIELDS  # every per-item tensor a file can hold, in file order (images: the first 3)
 _DTYPES = {torch.float32: "F32", torch.bool: "BOOL"}
 
 
@@ -228,12 +228,11 @@ def _run(
             continue
         stop = min(start + shard_size, len(ids))
         features, kept, skipped = encode_shard(start, stop)
-        tensors = {} if features is None else {n: v for n, v in features._rows().items() if v is not None}
-        if not tensors:  # every item of the shard was unreadable: an empty shard still records that
-            tensors = {"embeds": torch.zeros(0, 0)}
-        shard_meta = {"kept": json.dumps(kept), "skipped": json.dumps(skipped, ensure_ascii=False)}
-        if features is not None and modality == "image":
-            shard_meta.update(grid=json.dumps(features.grid), num_prefix_tokens=str(features.num_prefix_tokens))
+        if features is None:  # every item of the shard was unreadable: an empty shard still records that
+            tensors, layout = {"embeds": torch.zeros(0, 0)}, {}
+        else:
+            tensors, layout = features.to_tensors()  # images: layout holds grid and num_prefix_tokens
+        shard_meta = {"kept": json.dumps(kept), "skipped": json.dumps(skipped, ensure_ascii=False), **layout}
         _save_atomic(tensors, path, shard_meta)
         bar.update(stop - start)
     bar.close()
@@ -361,12 +360,11 @@ def load_embeddings(path: str | os.PathLike) -> Embeddings:
     modality = metadata["modality"]
     ids = json.loads(metadata.pop("ids"))
     skipped = json.loads(metadata.pop("skipped"))
-    if modality == "image":
-        grid = json.loads(metadata.get("grid", "null"))
-        features = WukongImageFeatures(**tensors, grid=tuple(grid) if grid else None,
-                                       num_prefix_tokens=int(metadata.get("num_prefix_tokens", 0)))
-    else:
-        features = WukongTextFeatures(**tensors)
+    kind = WukongImageFeatures if modality == "image" else WukongTextFeatures
+    try:
+        features = kind.from_tensors(tensors, metadata)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a complete embedding file ({err}); write it again with `wukong embed`.") from err
     if len(ids) != len(features):
         raise ValueError(f"{path} names {len(ids)} ids for {len(features)} rows; write it again with `wukong embed`.")
     return Embeddings(features=features, ids=ids, modality=modality, skipped=skipped, metadata=metadata)

@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "WUKONG_HF_TEXT_CACHE"
 CACHE_FORMAT = "wukong-text-features/1"
 _OFF = {"off", "0", "false", "no", "none"}
-_TENSORS = ("embeds", "token_embeds", "token_mask", "has_padding")
 
 
 def default_cache_root() -> Path:
@@ -100,9 +99,9 @@ class TextFeatureCache:
                 metadata = f.metadata() or {}
                 if metadata.get("format") != CACHE_FORMAT or metadata.get("key") != key:
                     raise ValueError(f"its metadata names format {metadata.get('format')!r} and another key")
-                tensors = {name: f.get_tensor(name) for name in _TENSORS if name in f.keys()}
-            features = WukongTextFeatures(**tensors)
-            if "embeds" not in tensors or any(len(t) != num_texts for t in tensors.values()):
+                tensors = {name: f.get_tensor(name) for name in WukongTextFeatures.ROW_FIELDS if name in f.keys()}
+            features = WukongTextFeatures.from_tensors(tensors)  # ValueError without embeds
+            if any(len(t) != num_texts for t in tensors.values()):
                 raise ValueError(f"it does not hold {num_texts} texts")
             return features
         except Exception as err:  # safetensors raises its own error types for truncated or garbled files
@@ -113,7 +112,7 @@ class TextFeatureCache:
     def save(self, key: str, features: WukongTextFeatures, description: dict | None = None) -> Path:
         """Write features under `key` atomically (temporary file, then rename)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(features, name).contiguous() for name in _TENSORS if getattr(features, name) is not None}
+        tensors, _ = features.to_tensors()
         metadata = {"format": CACHE_FORMAT, "key": key, **{k: json.dumps(v) for k, v in (description or {}).items()}}
         handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key[:16]}.", suffix=".tmp")
         os.close(handle)

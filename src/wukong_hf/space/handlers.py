@@ -72,10 +72,12 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def load_model(name_or_path: str):
-    """(WukongModel in eval mode, its processor) from a saved folder or a Hub id; clear errors otherwise."""
-    from transformers import AutoModel, AutoProcessor
+    """(WukongModel in eval mode on the GPU when there is one, its processor) from a saved folder or a Hub id.
 
-    from ..modeling_wukong import WukongModel
+    The loading is model_folders.load_model_and_processor (the one loader); this adds the Space's own
+    words for a bad --model (they name the flag and the demo's folder) and the device.
+    """
+    from ..model_folders import NotAWukongModel, load_model_and_processor
 
     path = Path(name_or_path).expanduser()
     hint = ("give a folder saved by save_pretrained (e.g. wukong-demo/train/final after `wukong demo`) or a Hub id "
@@ -86,21 +88,25 @@ def load_model(name_or_path: str):
     elif not _HUB_ID.match(name_or_path):
         raise FileNotFoundError(f"--model {name_or_path}: no such folder, and not a Hub id; {hint}.")
     try:
-        model = AutoModel.from_pretrained(str(path) if path.exists() else name_or_path)
-        processor = AutoProcessor.from_pretrained(str(path) if path.exists() else name_or_path)
+        model, processor = load_model_and_processor(str(path) if path.exists() else name_or_path)
+    except NotAWukongModel as err:
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+        kind = MODEL_MAPPING_NAMES.get(err.model_type) or f"{err.model_type!r} model"  # e.g. BertModel
+        raise ValueError(
+            f"--model {name_or_path} is a {kind}, not a Wukong model; convert it first "
+            "(`wukong convert chinese-clip`, `wukong convert original`)."
+        ) from None
     except OSError as err:
+        if path.exists():  # a local folder's own problem (e.g. no tokenizer): model_folders' message says which
+            raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(
             f"Cannot load --model {name_or_path}: not a local folder, and the Hub did not give it ({first_line}); "
             f"{hint}, and check the network for Hub ids."
         ) from None
-    if not isinstance(model, WukongModel):
-        raise ValueError(
-            f"--model {name_or_path} is a {type(model).__name__}, not a Wukong model; convert it first "
-            "(`wukong convert chinese-clip`, `wukong convert original`)."
-        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device).eval(), processor
+    return model.to(device), processor
 
 
 @dataclass

@@ -151,17 +151,12 @@ class ImageFolderIndex:
             return
         from safetensors.torch import save_file
 
-        f = found.features
-        tensors = {"embeds": f.embeds.contiguous()}
-        if f.token_embeds is not None:
-            tensors["token_embeds"] = f.token_embeds.contiguous()
-            tensors["token_mask"] = f.token_mask.contiguous()
+        tensors, layout = found.features.to_tensors()  # layout: grid and num_prefix_tokens
         metadata = {
             "key": key,
             "paths": json.dumps([str(p.relative_to(self.folder)) for p in found.paths], ensure_ascii=False),
             "skipped": json.dumps(found.skipped, ensure_ascii=False),
-            "grid": json.dumps(f.grid),
-            "num_prefix_tokens": str(f.num_prefix_tokens),
+            **layout,
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,14 +180,7 @@ class ImageFolderIndex:
                 if metadata.get("key") != key:
                     return None
                 tensors = {name: cached.get_tensor(name) for name in cached.keys()}
-            grid = json.loads(metadata["grid"])
-            features = WukongImageFeatures(
-                embeds=tensors["embeds"],
-                token_embeds=tensors.get("token_embeds"),
-                token_mask=tensors.get("token_mask"),
-                grid=tuple(grid) if grid is not None else None,
-                num_prefix_tokens=int(metadata["num_prefix_tokens"]),
-            )
+            features = WukongImageFeatures.from_tensors(tensors, metadata)  # ValueError without embeds
             paths = [self.folder / p for p in json.loads(metadata["paths"])]
             skipped = [tuple(item) for item in json.loads(metadata["skipped"])]
         except (OSError, ValueError, KeyError, json.JSONDecodeError):  # damaged cache: encode again
