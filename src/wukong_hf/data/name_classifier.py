@@ -36,7 +36,7 @@ import torch
 from . import names
 from .name_tagger import LacAnalysis
 
-__all__ = ["NameSpanClassifier", "SOURCES", "TEST_SPLITS", "analyse_captions", "candidate_spans", "describe_candidates",
+__all__ = ["NameSpanClassifier", "SOURCES", "TEST_SPLITS", "analyse_captions", "candidate_spans", "choose_spans", "describe_candidates",
            "fit_name_span_classifier", "select_spans", "span_features"]
 
 # Written blind while the classifier was being changed, scored once after it was frozen (docs/data.md); never fitted on.
@@ -373,14 +373,15 @@ def analyse_captions(captions: list[str], tagger=None) -> list[list[tuple[tuple[
                                [[(p.word, p.flag) for p in posseg.cut(c)] for c in captions])
 
 
-def _selected(examples, described, probabilities, threshold):
-    """{caption: accepted spans} for the name_masking_scores of described candidates under probabilities."""
-    spans, k = {}, 0
-    for example, candidates in zip(examples, described):
+def choose_spans(captions: list[str], described: list[list], probabilities: list[float], threshold: float) -> list[list[tuple[int, int]]]:
+    """Per caption, the accepted name spans (select_spans) of its described candidates, given one probability per
+    candidate in the order describe_candidates listed them (all captions' candidates flattened)."""
+    chosen, k = [], 0
+    for caption, candidates in zip(captions, described):
         scored = [(float(probabilities[k + i]), span) for i, (span, _, _) in enumerate(candidates)]
         k += len(candidates)
-        spans[example["caption"]] = select_spans(example["caption"], scored, threshold)
-    return spans
+        chosen.append(select_spans(caption, scored, threshold))
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,7 +397,8 @@ def main(argv: list[str] | None = None) -> None:
         examples = [json.loads(line) for line in fh if line.strip()]
     examples = [e for e in examples if e["split"] not in TEST_SPLITS]
     splits = sorted({e["split"] for e in examples})
-    described = analyse_captions([e["caption"] for e in examples])
+    captions = [e["caption"] for e in examples]
+    described = analyse_captions(captions)
     flat = [(e, span, f, v) for e, candidates in zip(examples, described) for span, f, v in candidates]
     # A span is a positive when it is exactly a labelled name: a piece of one (胡 of 胡歌) would be a correct but
     # incomplete mask, and preferring pieces costs recall.
@@ -416,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     posseg_recall = names.name_masking_scores(examples, posseg.__getitem__)["recall"]
     curve = {}
     for threshold in [round(0.01 * k, 2) for k in range(50, 96)]:
-        score = names.name_masking_scores(examples, _selected(examples, described, probabilities, threshold).__getitem__)
+        chosen = dict(zip(captions, choose_spans(captions, described, probabilities.tolist(), threshold)))
+        score = names.name_masking_scores(examples, chosen.__getitem__)
         curve[threshold] = {"precision": score["precision"], "recall": score["recall"]}
         print(f"threshold {threshold:.2f}: cross-validated precision {score['precision']:.3f} recall {score['recall']:.3f}")
     threshold = max(curve, key=lambda t: min(curve[t]["precision"] - args.target_precision, curve[t]["recall"] - posseg_recall))

@@ -279,19 +279,14 @@ class TaggerNameMasker:
 
     def spans_batch(self, captions: list[str], tokens: list[list[str]] | None = None) -> list[list[tuple[int, int]]]:
         """captions (and their jieba tokens, computed when None) -> per caption, sorted (start, end) name spans."""
-        from .name_classifier import describe_candidates, select_spans
+        from .name_classifier import choose_spans, describe_candidates
 
         tokens = tokens if tokens is not None else [self.jieba.lcut(caption) for caption in captions]
         pairs = [[(p.word, p.flag) for p in self.posseg.cut(caption)] for caption in captions]
         described = describe_candidates(self.tagger.analyse(captions), tokens, pairs)
         flat = [candidate for candidates in described for candidate in candidates]
         inputs = self.classifier.inputs([features for _, features, _ in flat], [vector for _, _, vector in flat])
-        probabilities, k, results = self.classifier.probabilities(inputs).tolist(), 0, []
-        for caption, candidates in zip(captions, described):
-            scored = [(probabilities[k + i], span) for i, (span, _, _) in enumerate(candidates)]
-            k += len(candidates)
-            results.append(select_spans(caption, scored, self.classifier.threshold))
-        return results
+        return choose_spans(captions, described, self.classifier.probabilities(inputs).tolist(), self.classifier.threshold)
 
     def __call__(self, caption: str) -> str:
         """caption -> caption with every person name replaced by "<人名>"."""
