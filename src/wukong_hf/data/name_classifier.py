@@ -72,8 +72,8 @@ _ROLES = frozenset(
     "新郎 新娘 老公 老婆 妈妈 爸爸 哥哥 姐姐 弟弟 妹妹 学生 选手 队员 编辑 校对 出镜 模特 博主 画家 歌手 演员 艺术家 老艺术家 "
     "本人 员工 企业家 冠军 嘉宾 讲师 医生 教练 网友 小朋友".split()
 )
-# Titles after a bare surname besides names.TITLES (何院士, 苗老板娘, 牛村长).
-_MORE_TITLES = frozenset("院士 老板娘 村长 总工 厂长 馆长 科长 处长 部长 会长 组长 班长 老爷子 婆婆 嫂子 姑娘".split())
+# Titles after a bare surname: names.TITLES and a few more (何院士, 苗老板娘, 牛村长).
+_TITLES_AFTER_SURNAME = names.TITLES | frozenset("院士 老板娘 村长 总工 厂长 馆长 科长 处长 部长 会长 组长 班长 老爷子 婆婆 嫂子 姑娘".split())
 SOURCES = ("lac", "posseg", "prefix", "suffix", "role", "title", "pattern", "joined")
 
 
@@ -116,7 +116,7 @@ def candidate_spans(analysis: LacAnalysis, posseg_pairs: list[tuple[str, str]]) 
             add(start, end, "pattern")
     for i, char in enumerate(caption[:-1]):
         if char in names.SURNAMES_SINGLE and (i == 0 or not names.CJK.match(caption[i - 1]) or caption[i - 1] in "的和与、"):
-            if any(caption.startswith(title, i + 1) for title in names.TITLES | _MORE_TITLES):
+            if any(caption.startswith(title, i + 1) for title in _TITLES_AFTER_SURNAME):
                 add(i, i + 1, "title")
     for start, end in list(found):  # 杰克|·|伦敦: a candidate next to a joiner spans the word across it
         if end < len(caption) and caption[end] in names.JOINER_SET:

@@ -3,6 +3,7 @@ and the scoring of a masker against labelled captions (text_filters' fast masker
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -57,6 +58,7 @@ NAME_JOINERS = ("·", "•", "・")  # 泰勒·斯威夫特: both sides of the d
 JOINER_SET = frozenset(NAME_JOINERS)
 
 
+@functools.cache  # read once: the tagger masker asks for every candidate span
 def load_two_character_names() -> frozenset[str]:
     from importlib import resources
 
