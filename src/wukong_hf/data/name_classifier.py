@@ -331,8 +331,8 @@ def fit_name_span_classifier(features: list[dict[str, float]], vectors: list[tor
                              projection_dims: int = 32, hidden: int = 8, l2: float = 1e-3, members: int = 5,
                              threshold: float = 0.5, metadata: dict | None = None) -> NameSpanClassifier:
     """Fit the classifier on N candidate spans (their features, state vectors and whether each lies in a name)."""
-    names = sorted(features[0])
-    scalars = torch.tensor([[f[n] for n in names] for f in features], dtype=torch.float64)
+    feature_names = sorted(features[0])
+    scalars = torch.tensor([[f[n] for n in feature_names] for f in features], dtype=torch.float64)
     states = torch.stack(vectors).double()
     projection_mean = states.mean(0)
     _, _, right = torch.linalg.svd(states - projection_mean, full_matrices=False)
@@ -345,7 +345,7 @@ def fit_name_span_classifier(features: list[dict[str, float]], vectors: list[tor
     for m in range(members):
         for key, value in _fit_member(inputs, y, hidden, l2, seed=m).items():
             tensors[f"{key}.{m}"] = value
-    meta = {"feature_names": names, "threshold": threshold, "members": members, "hidden": hidden, "l2": l2,
+    meta = {"feature_names": feature_names, "threshold": threshold, "members": members, "hidden": hidden, "l2": l2,
             "projection_dims": projection_dims, **(metadata or {})}
     return NameSpanClassifier(tensors, meta)
 
@@ -363,14 +363,16 @@ def describe_candidates(analyses: list[LacAnalysis], token_lists: list[list[str]
     return described
 
 
-def analyse_captions(captions: list[str], tagger=None) -> list[list[tuple[tuple[int, int], dict, torch.Tensor]]]:
-    """captions -> per caption, its candidates as (span, features, vector) (runs LAC, jieba and jieba.posseg)."""
+def analyse_captions(captions: list[str], tagger=None,
+                     tokens: list[list[str]] | None = None) -> list[list[tuple[tuple[int, int], dict, torch.Tensor]]]:
+    """captions -> per caption, its candidates as (span, features, vector): runs LAC (tagger, a LacTagger; one is
+    made when None), jieba.posseg and jieba (unless the caller already has the jieba tokens)."""
     from .name_tagger import LacTagger
 
     jieba, posseg = names.load_jieba()
     tagger = tagger or LacTagger()
-    return describe_candidates(tagger.analyse(captions), [jieba.lcut(c) for c in captions],
-                               [[(p.word, p.flag) for p in posseg.cut(c)] for c in captions])
+    tokens = tokens if tokens is not None else [jieba.lcut(c) for c in captions]
+    return describe_candidates(tagger.analyse(captions), tokens, [[(p.word, p.flag) for p in posseg.cut(c)] for c in captions])
 
 
 def choose_spans(captions: list[str], described: list[list], probabilities: list[float], threshold: float) -> list[list[tuple[int, int]]]:
@@ -416,9 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     _, posseg_tagger = names.load_jieba()
     posseg = {e["caption"]: names.posseg_spans((p.word, p.flag) for p in posseg_tagger.cut(e["caption"])) for e in examples}
     posseg_recall = names.name_masking_scores(examples, posseg.__getitem__)["recall"]
-    curve = {}
+    curve, probability_list = {}, probabilities.tolist()
     for threshold in [round(0.01 * k, 2) for k in range(50, 96)]:
-        chosen = dict(zip(captions, choose_spans(captions, described, probabilities.tolist(), threshold)))
+        chosen = dict(zip(captions, choose_spans(captions, described, probability_list, threshold)))
         score = names.name_masking_scores(examples, chosen.__getitem__)
         curve[threshold] = {"precision": score["precision"], "recall": score["recall"]}
         print(f"threshold {threshold:.2f}: cross-validated precision {score['precision']:.3f} recall {score['recall']:.3f}")

@@ -273,17 +273,14 @@ class TaggerNameMasker:
         from .name_classifier import NameSpanClassifier
         from .name_tagger import LacTagger
 
-        self.jieba, self.posseg = load_jieba()
         self.tagger = LacTagger(batch_size=batch_size)
         self.classifier = NameSpanClassifier.from_file()
 
     def spans_batch(self, captions: list[str], tokens: list[list[str]] | None = None) -> list[list[tuple[int, int]]]:
         """captions (and their jieba tokens, computed when None) -> per caption, sorted (start, end) name spans."""
-        from .name_classifier import choose_spans, describe_candidates
+        from .name_classifier import analyse_captions, choose_spans
 
-        tokens = tokens if tokens is not None else [self.jieba.lcut(caption) for caption in captions]
-        pairs = [[(p.word, p.flag) for p in self.posseg.cut(caption)] for caption in captions]
-        described = describe_candidates(self.tagger.analyse(captions), tokens, pairs)
+        described = analyse_captions(captions, self.tagger, tokens)
         flat = [candidate for candidates in described for candidate in candidates]
         inputs = self.classifier.inputs([features for _, features, _ in flat], [vector for _, _, vector in flat])
         return choose_spans(captions, described, self.classifier.probabilities(inputs).tolist(), self.classifier.threshold)
