@@ -132,7 +132,7 @@ def register(subparsers) -> None:
     p.add_argument("--name-masker", choices=("tagger", "fast", "posseg"), default="tagger",
                    help="tagger: LAC (the neural tagger bundled with jieba) and jieba.posseg propose names, a classifier "
                         "fitted on labelled captions keeps them (default; precision 0.98 on captions it never saw); fast: "
-                        "rules over jieba's dictionary (about 30x faster, less precise, misses more names); posseg: every "
+                        "rules over jieba's dictionary (about 20x faster, less precise, misses more names); posseg: every "
                         "jieba.posseg token tagged nr (the baseline)")
     p.add_argument("--sensitive-words", help="UTF-8 file, one word per line (none is bundled)")
     p.set_defaults(func=_cmd_filter)
